@@ -1,0 +1,66 @@
+"""Structured-config schemas: a typo in a key or a wrong type fails when Hydra composes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class PreprocessConfig:
+    input_size: int = 224
+    #: center_crop: shorter side to input_size / crop_pct, then a centred square crop;
+    #: stretch: resize to a square; keep_aspect: shorter side to input_size, no crop (non-square).
+    resize: str = "center_crop"
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    arch: str = MISSING
+    weights: Optional[str] = None
+    path: Optional[str] = None
+    library: Optional[str] = None
+    default_layer: Optional[str] = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+
+@dataclass
+class ImageConfig:
+    #: skimage | preset | file | folder
+    source: str = MISSING
+    name: Optional[str] = None
+    path: Optional[str] = None
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    #: the class explained when the top-level ``target`` is null
+    target: Optional[int] = None
+
+
+@dataclass
+class RenderConfig:
+    colormap: str = "jet"
+    alpha: float = 0.4
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    image: Dict[str, ImageConfig] = field(default_factory=dict)
+    method: Dict[str, Any] = field(default_factory=dict)
+    experiment: Optional[Any] = None
+    layer: Any = None
+    target: Any = None
+    device: str = "cpu"
+    seed: int = 0
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="config_schema", node=Config)

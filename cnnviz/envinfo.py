@@ -1,0 +1,44 @@
+"""``env.json``: what is needed to reproduce a run."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+
+def _git(*args: str) -> Optional[str]:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        return __import__(module).__version__
+    except Exception:
+        return None
+
+
+def environment(device: str, seed: int, weights_sha256: Optional[str]) -> dict[str, Any]:
+    import torch
+
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": {m: _version(m) for m in ("torch", "torchvision", "timm", "hydra", "omegaconf", "numpy", "PIL", "pandas")},
+        "device": device,
+        "cuda": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "num_threads": torch.get_num_threads(),
+        "seed": seed,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "weights_sha256": weights_sha256,
+    }

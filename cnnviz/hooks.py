@@ -1,0 +1,112 @@
+"""Every hook cnnviz places lives in a context manager that removes it in ``finally``."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .layers import resolve_layer
+
+#: Module types whose backward pass guided backprop / deconvnet rewrite.
+RELU_FAMILY: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
+
+
+@contextmanager
+def removing(handles: list) -> Iterator[list]:
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+        handles.clear()
+
+
+@contextmanager
+def capture_outputs(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the outputs of the named modules during forward passes.
+
+    The hook keeps the module's own output and hands a clone downstream, so an in-place op after
+    the layer (``ReLU(inplace=True)``) changes the clone, never the recorded tensor, and gradients
+    taken with respect to the recorded tensor are the pre-in-place ones.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def make(name: str) -> Callable:
+        def hook(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise ConfigError(
+                    f"layer '{name}' returns {type(output).__name__}, not a tensor; "
+                    "choose a module that outputs a single tensor"
+                )
+            captured[name] = output
+            return output.clone()
+
+        return hook
+
+    with removing([]) as handles:
+        for name in dict.fromkeys(layers):
+            handles.append(resolve_layer(model, name).register_forward_hook(make(name)))
+        yield captured
+
+
+class _PositiveGradient(torch.autograd.Function):
+    """Identity forward; backward lets only positive gradients through."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D401
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0)
+
+
+def relu_modules(model: nn.Module, only_under: Optional[str] = None) -> list[tuple[str, nn.Module]]:
+    prefix = None if not only_under else only_under + "."
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, RELU_FAMILY) and (prefix is None or name.startswith(prefix))
+    ]
+
+
+@contextmanager
+def guided_relus(model: nn.Module, only_under: Optional[str] = None, method: str = "guided_backprop"):
+    """Guided backprop's backward rule on every ReLU-family module, for the ``with`` block only.
+
+    Autograd still applies the module's own derivative f'(x); the gate placed after the module
+    drops negative incoming gradients first, giving grad_in = f'(x) * max(grad_out, 0).
+    """
+    found = relu_modules(model, only_under)
+    if not found:
+        where = f" under '{only_under}'" if only_under else ""
+        raise ConfigError(
+            f"{method} rewrites the backward pass of ReLU-family modules (nn.ReLU, nn.ReLU6), "
+            f"but the model has none{where}; functional relu calls cannot be rewritten. "
+            "Use a gradient method such as vanilla_backprop, or a model built from nn.ReLU modules"
+        )
+    with removing([]) as handles:
+        for _, module in found:
+            handles.append(module.register_forward_hook(lambda _m, _i, out: _PositiveGradient.apply(out)))
+        yield
+
+
+@contextmanager
+def model_state_kept(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Run in eval mode with parameters frozen; restore training flags and requires_grad after."""
+    flags = [(m, m.training) for m in model.modules()]
+    grads_needed = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        if eval_mode:
+            model.eval()
+        for p, _ in grads_needed:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+        for p, needed in grads_needed:
+            p.requires_grad_(needed)

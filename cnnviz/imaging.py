@@ -1,0 +1,205 @@
+"""Reading images from presets, files and folders, and turning them into model inputs."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+from .errors import ConfigError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CNNVIZ_CACHE") or Path.home() / ".cache" / "cnnviz").expanduser()
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe stem: no separators, no leading dots, nothing that leaves a folder."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).lstrip("._")
+    return cleaned[:120] or "image"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB from any Pillow mode: alpha is composited on white, 16/32-bit and float scaled to 8 bit."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            lo, hi = float(a.min()), float(a.max())
+            a = (a - lo) / (hi - lo or 1.0) * 255.0
+        else:
+            a = a / (65535.0 if a.max() > 255 else 255.0) * 255.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" or img.mode == "LA" or img.mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def read_image(path: str | os.PathLike, key: str = "image") -> tuple[Image.Image, str]:
+    """Open, fully decode and convert an image file; returns the RGB image and the file's sha256."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}: image file '{path}' does not exist")
+    data = path.read_bytes()
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                rgb = to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ConfigError(
+            f"{key}: '{path}' is too large to decode safely ({e}). Pillow's decompression-bomb limit "
+            f"is {Image.MAX_IMAGE_PIXELS} pixels; downscale the image first"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ConfigError(f"{key}: '{path}' is not a readable image ({type(e).__name__}: {e})") from None
+    return rgb, sha256_bytes(data)
+
+
+def read_skimage(name: str, key: str = "image") -> tuple[Image.Image, str]:
+    import skimage.data
+
+    loader = getattr(skimage.data, name, None)
+    if not callable(loader):
+        raise ConfigError(f"{key}: scikit-image has no bundled image '{name}'")
+    array = np.ascontiguousarray(loader())
+    return to_rgb(Image.fromarray(array)), sha256_bytes(array.tobytes())
+
+
+def fetch_preset(name: str, url: str, sha256: str, key: str = "image") -> Path:
+    """The cached file of a preset, downloaded when missing; a sha256 mismatch is refused and removed."""
+    path = cache_dir() / "images" / f"{safe_name(name)}.png"
+    if path.is_file():
+        if sha256_bytes(path.read_bytes()) == sha256:
+            return path
+        path.unlink()
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response:
+            data = response.read()
+    except Exception as e:
+        raise ConfigError(
+            f"{key}: preset '{name}' is not cached and could not be downloaded from {url} "
+            f"({type(e).__name__}: {e}). Place the file at {path} (sha256 {sha256}), "
+            f"or set CNNVIZ_CACHE to a folder holding images/{path.name}"
+        ) from None
+    if sha256_bytes(data) != sha256:
+        raise ConfigError(
+            f"{key}: download of preset '{name}' from {url} has sha256 {sha256_bytes(data)}, expected {sha256}; "
+            f"refused and not kept. Place the correct file at {path}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image of a run: a name for its files, how to read it, and its default target class."""
+
+    name: str
+    read: Callable[[], tuple[Image.Image, str]]
+    default_target: Optional[int] = None
+    origin: str = ""
+    #: read while planning, so an unreadable file named in the config stops the run before work
+    eager: bool = False
+
+
+def sources_from_config(key: str, cfg) -> list[ImageSource]:
+    """Expand one ``image.<key>`` config into image sources (a folder gives one per file)."""
+    where = f"image.{key}"
+    kind = cfg.source
+    if kind == "skimage":
+        name = cfg.name or key
+        import skimage.data
+
+        if not callable(getattr(skimage.data, name, None)):
+            raise ConfigError(f"{where}.name: scikit-image has no bundled image '{name}'")
+        return [ImageSource(safe_name(key), lambda: read_skimage(name, where), cfg.target, f"skimage.data.{name}")]
+    if kind == "preset":
+        if not cfg.url or not cfg.sha256:
+            raise ConfigError(f"{where}: a preset needs url and sha256")
+        path = fetch_preset(key, cfg.url, cfg.sha256, where)
+        return [ImageSource(safe_name(key), lambda: read_image(path, where), cfg.target, cfg.url)]
+    if kind == "file":
+        if not cfg.path:
+            raise ConfigError(f"{where}.path is not set: use image=file {where}.path=/path/to/image.jpg")
+        path = Path(cfg.path).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{where}.path: image file '{path}' does not exist")
+        return [ImageSource(safe_name(cfg.name or path.stem), lambda: read_image(path, where), cfg.target, str(path), eager=True)]
+    if kind == "folder":
+        if not cfg.path:
+            raise ConfigError(f"{where}.path is not set: use image=folder {where}.path=/path/to/folder")
+        folder = Path(cfg.path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"{where}.path: folder '{folder}' does not exist")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ConfigError(f"{where}.path: folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return [
+            ImageSource(safe_name(p.stem), (lambda p=p: read_image(p, where)), cfg.target, str(p)) for p in files
+        ]
+    raise ConfigError(f"{where}.source must be skimage, preset, file or folder, got '{kind}'")
+
+
+def unique_names(sources: Sequence[ImageSource]) -> list[ImageSource]:
+    """Rename duplicates (two folders with cat.png) so that no two images share output files."""
+    seen: dict[str, int] = {}
+    out = []
+    for s in sources:
+        n = seen.get(s.name, 0)
+        seen[s.name] = n + 1
+        out.append(s if n == 0 else dataclasses.replace(s, name=f"{s.name}_{n + 1}"))
+    return out
+
+
+# --- preprocessing ---------------------------------------------------------------------------
+
+
+def preprocess(img: Image.Image, pre) -> tuple[torch.Tensor, np.ndarray]:
+    """Resize (and crop) as configured; returns the normalised ``(1, 3, H, W)`` input and the
+    uint8 ``(H, W, 3)`` picture it shows, which overlays are drawn on."""
+    size = int(pre.input_size)
+    interp = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[pre.interpolation]
+    w, h = img.size
+    if pre.resize == "stretch":
+        img = img.resize((size, size), interp)
+    elif pre.resize in ("center_crop", "keep_aspect"):
+        short = size if pre.resize == "keep_aspect" else int(round(size / float(pre.crop_pct)))
+        scale = short / min(w, h)
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), interp)
+        if pre.resize == "center_crop":
+            w, h = img.size
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+    else:
+        raise ConfigError(f"model.preprocess.resize must be center_crop, stretch or keep_aspect, got '{pre.resize}'")
+    picture = np.asarray(img, dtype=np.uint8).copy()
+    x = torch.from_numpy(picture).permute(2, 0, 1).float().div(255.0)
+    mean = torch.tensor(list(pre.mean)).view(3, 1, 1)
+    std = torch.tensor(list(pre.std)).view(3, 1, 1)
+    return ((x - mean) / std)[None], picture

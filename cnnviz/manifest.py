@@ -1,0 +1,49 @@
+"""The run's manifest: one row per computed attribution, rewritten atomically after each row."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .files import atomic_write
+
+#: Leading columns, always present and in this order; file columns follow.
+COLUMNS = [
+    "image", "image_sha256", "model", "weights", "layer", "method", "params", "target", "target_name",
+    "predicted", "predicted_name", "predicted_prob", "target_prob", "status", "error", "warnings", "duration_ms",
+]
+
+
+#: Columns that identify an item: a new row replaces an earlier row with the same values.
+KEY = ["image", "model", "weights", "method", "layer", "params", "target"]
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return tuple("" if pd.isna(row.get(k)) else str(row.get(k)) for k in KEY)
+
+
+class Manifest:
+    """Rows already in ``path`` are kept: running again into a folder never loses earlier rows."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        if self.path.is_file() and self.path.stat().st_size:
+            self.rows = pd.read_csv(self.path, dtype={"target": "Int64", "predicted": "Int64"}).to_dict("records")
+
+    def add(self, row: dict[str, Any]) -> None:
+        row = dict(row)
+        if isinstance(row.get("params"), dict):
+            row["params"] = json.dumps(row["params"], sort_keys=True, default=str)
+        key = _key(row)
+        self.rows = [r for r in self.rows if _key(r) != key] + [row]
+        self.write()
+
+    def frame(self) -> pd.DataFrame:
+        extra = sorted({k for r in self.rows for k in r} - set(COLUMNS))
+        return pd.DataFrame(self.rows, columns=COLUMNS + extra)
+
+    def write(self) -> None:
+        atomic_write(self.path, self.frame().to_csv(index=False).encode())

@@ -1,0 +1,61 @@
+"""Forward/backward passes shared by the techniques."""
+from __future__ import annotations
+
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from typing import ContextManager, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .hooks import capture_outputs, model_state_kept
+from .targets import Target, target_score
+
+
+@dataclass
+class Pass:
+    logits: torch.Tensor
+    target: tuple[int, ...]
+    activations: dict[str, torch.Tensor]
+    gradients: dict[str, torch.Tensor]
+    input_gradient: Optional[torch.Tensor]
+
+
+def gradient_pass(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: Target,
+    layers: Sequence[str] = (),
+    input_gradient: bool = True,
+    rule: Optional[ContextManager] = None,
+) -> Pass:
+    """One forward and one backward of the target score.
+
+    Gradients are taken with ``torch.autograd.grad`` on the recorded layer outputs (and the
+    input when asked), so ``param.grad`` is never touched and the backward stops at the deepest
+    tensor that is needed. ``rule`` is a context manager that rewrites the backward pass
+    (e.g. guided backprop), active only around the forward.
+    """
+    layers = list(dict.fromkeys(layers))
+    x = x.detach().clone().requires_grad_(True)
+    with ExitStack() as stack:
+        stack.enter_context(model_state_kept(model))
+        captured = stack.enter_context(capture_outputs(model, layers))
+        stack.enter_context(rule if rule is not None else nullcontext())
+        with torch.enable_grad():
+            logits = model(x)
+            missing = [name for name in layers if name not in captured]
+            if missing:
+                raise ConfigError(f"layer(s) {', '.join(missing)} never ran in the forward pass; choose layers the model calls")
+            score, target_idx = target_score(target, logits)
+            wrt = [captured[name] for name in layers] + ([x] if input_gradient else [])
+            grads = torch.autograd.grad(score, wrt, allow_unused=True) if wrt else ()
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]
+    return Pass(
+        logits=logits.detach(),
+        target=target_idx,
+        activations={n: captured[n].detach() for n in layers},
+        gradients={n: g.detach() for n, g in zip(layers, grads)},
+        input_gradient=grads[-1].detach() if input_gradient else None,
+    )

@@ -1,0 +1,143 @@
+"""Turn a composed config into plain objects, checking everything before any work is done."""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from hydra.utils import get_method as import_callable
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+from .hooks import capture_outputs, model_state_kept
+from .imaging import ImageSource, sources_from_config, unique_names
+from .layers import resolve_layer
+from .methods.base import Method
+from .models import LoadedModel
+from .registry import get_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    device: torch.device
+    model: LoadedModel
+    preprocess: Any
+    methods: dict[str, Method]
+    layers: list[str]
+    targets: list[Any]  # None = per-image default; "top1"; ints
+    images: list[ImageSource]
+    num_classes: int
+    seed: int
+    render: Any
+
+
+def resolve_device(name: str) -> torch.device:
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is available here; use device=cpu or device=auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: '{name}' is not a device; use cpu, cuda, cuda:N or auto") from None
+
+
+def build_methods(cfg_methods: DictConfig) -> dict[str, Method]:
+    if not cfg_methods:
+        raise ConfigError("no method selected: set method=<name> or 'method=[a,b]'")
+    methods = {}
+    for name, params in cfg_methods.items():
+        cls = get_method(str(name))
+        params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
+        valid = {f.name for f in dataclasses.fields(cls)}
+        for key in params:
+            if key not in valid:
+                raise ConfigError(
+                    f"method.{name}.{key}: unknown hyperparameter of {name}; valid: {', '.join(sorted(valid)) or 'none'}"
+                )
+        methods[str(name)] = cls(**params)
+    return methods
+
+
+def load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
+    loader = import_callable(cfg_model._target_)
+    accepted = inspect.signature(loader).parameters
+    given = {"arch": cfg_model.arch, "weights": cfg_model.weights, "path": cfg_model.path, "library": cfg_model.library, "seed": seed}
+    # null means "the loader's default", except weights, where null asks for a random init
+    return loader(**{k: v for k, v in given.items() if k in accepted and (v is not None or k == "weights")})
+
+
+def parse_layers(layer: Any, model: LoadedModel, default: Optional[str]) -> list[str]:
+    if layer is None:
+        if not default:
+            raise ConfigError(f"layer is not set and model {model.name} has no default_layer: set layer=<dotted module name>")
+        return [default]
+    layers = [str(v) for v in layer] if OmegaConf.is_list(layer) or isinstance(layer, (list, tuple)) else [str(layer)]
+    for name in layers:
+        resolve_layer(model.module, name, model.name)
+    return list(dict.fromkeys(layers))
+
+
+def parse_targets(target: Any, num_classes: int) -> list[Any]:
+    values = list(target) if OmegaConf.is_list(target) or isinstance(target, (list, tuple)) else [target]
+    out = []
+    for t in values:
+        if t is None or t == "top1":
+            out.append(t)
+            continue
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise ConfigError(f"target: '{t}' is not a class index; use an int, a list of ints, top1 or null")
+        if not 0 <= t < num_classes:
+            raise ConfigError(
+                f"target {t} is out of range: the model has {num_classes} classes, valid targets are 0..{num_classes - 1}"
+            )
+        out.append(int(t))
+    return list(dict.fromkeys(out))
+
+
+def probe_layers(plan_model: LoadedModel, layers: list[str], methods: dict[str, Method], pre, device) -> int:
+    """One forward on a blank input: layer output shapes for the CAM methods, and the class count."""
+    size = int(pre.input_size)
+    with model_state_kept(plan_model.module), capture_outputs(plan_model.module, layers) as out, torch.no_grad():
+        logits = plan_model.module(torch.zeros(1, 3, size, size, device=device))
+    if logits.ndim != 2:
+        raise ConfigError(f"model {plan_model.name} returns shape {tuple(logits.shape)}; cnnviz expects (B, classes) logits")
+    for name, m in methods.items():
+        if not m.needs_layer:
+            continue
+        for layer in layers:
+            if layer not in out:
+                raise ConfigError(f"layer '{layer}' never ran in the forward pass of {plan_model.name}")
+            if m.kind == "cam" and out[layer].ndim != 4:
+                raise ConfigError(
+                    f"{name} needs a layer whose output is (B, C, H, W), but layer '{layer}' outputs "
+                    f"{tuple(out[layer].shape)}; choose a convolutional layer (layer=...)"
+                )
+    return int(logits.shape[1])
+
+
+def build_plan(cfg: DictConfig) -> Plan:
+    device = resolve_device(cfg.device)
+    methods = build_methods(cfg.method)
+    images: list[ImageSource] = []
+    for key, image_cfg in (cfg.image or {}).items():
+        images.extend(sources_from_config(str(key), image_cfg))
+    if not images:
+        raise ConfigError("no image selected: set image=<preset> or image=file image.file.path=...")
+    for src in images:
+        if src.eager:
+            src.read()  # a file named in the config must be readable before any work starts
+    model = load_model(cfg.model, int(cfg.seed))
+    model.module.to(device)
+    for m in methods.values():
+        m.check(model.module)
+    layers = parse_layers(cfg.layer, model, cfg.model.default_layer)
+    num_classes = probe_layers(model, layers, methods, cfg.model.preprocess, device)
+    targets = parse_targets(cfg.target, num_classes)
+    return Plan(device, model, cfg.model.preprocess, methods, layers, targets, unique_names(images), num_classes, int(cfg.seed), cfg.render)

@@ -1,0 +1,80 @@
+"""Pure rendering: arrays in, uint8 images out. Nothing here sees a model or a config."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    lo, hi = a.min(), a.max()
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _hwc(g: np.ndarray) -> np.ndarray:
+    return np.transpose(g, (1, 2, 0))
+
+
+def colored_gradient(g: np.ndarray) -> np.ndarray:
+    """``(3, H, W)`` gradient -> ``(H, W, 3)`` uint8, min-max over all channels."""
+    return _to_uint8(_hwc(_minmax(g)))
+
+
+def grayscale_gradient(g: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """Sum of |g| over channels, clipped at the given percentile -> ``(H, W)`` uint8."""
+    m = np.abs(g.astype(np.float64)).sum(axis=0)
+    top = np.percentile(m, percentile)
+    return _to_uint8(np.clip(m / top, 0, 1) if top > 0 else np.zeros_like(m))
+
+
+def positive_saliency(g: np.ndarray) -> np.ndarray:
+    """max(g, 0) / max(g) as ``(H, W, 3)`` uint8."""
+    g = g.astype(np.float64)
+    top = g.max()
+    return _to_uint8(_hwc(np.maximum(g, 0) / top if top > 0 else np.zeros_like(g)))
+
+
+def negative_saliency(g: np.ndarray) -> np.ndarray:
+    """max(-g, 0) / max(-g) as ``(H, W, 3)`` uint8."""
+    return positive_saliency(-g)
+
+
+def cam_gray(cam: np.ndarray) -> np.ndarray:
+    """``(H, W)`` map min-max normalised to uint8."""
+    return _to_uint8(_minmax(cam))
+
+
+def colorize(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """Min-max normalised map through a matplotlib colormap -> ``(H, W, 3)`` uint8."""
+    from matplotlib import colormaps
+
+    return _to_uint8(colormaps[cmap](_minmax(cam))[..., :3])
+
+
+def cam_heatmap(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    return colorize(cam, cmap)
+
+
+def cam_on_image(cam: np.ndarray, image: np.ndarray, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
+    """Blend the colorised map over a uint8 ``(H, W, 3)`` image of the same size."""
+    if cam.shape != image.shape[:2]:
+        raise ValueError(f"map of shape {cam.shape} does not match image of shape {image.shape[:2]}")
+    heat = colorize(cam, cmap).astype(np.float64)
+    return np.clip(np.rint((1 - alpha) * image + alpha * heat), 0, 255).astype(np.uint8)
+
+
+#: Render kinds a method may list: name -> function(values, upsampled map, image, options).
+RENDERERS: dict[str, Callable[..., np.ndarray]] = {
+    "color": lambda g, cam, img, o: colored_gradient(g),
+    "gray": lambda g, cam, img, o: grayscale_gradient(g),
+    "pos_sal": lambda g, cam, img, o: positive_saliency(g),
+    "neg_sal": lambda g, cam, img, o: negative_saliency(g),
+    "cam_gray": lambda g, cam, img, o: cam_gray(cam),
+    "cam_heatmap": lambda g, cam, img, o: cam_heatmap(cam, o.colormap),
+    "cam_on_image": lambda g, cam, img, o: cam_on_image(cam, img, o.alpha, o.colormap),
+}

@@ -1,0 +1,38 @@
+"""What a technique explains: a class index per image, or any callable on the logits."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+
+from .errors import ConfigError
+
+Target = Union[None, int, Sequence[int], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def class_indices(target: Target, logits: torch.Tensor) -> Optional[torch.Tensor]:
+    """Per-image class indices ``(B,)``; ``None`` for a callable target; top-1 for ``None``."""
+    if callable(target):
+        return None
+    batch, classes = logits.shape[0], logits.shape[-1]
+    if target is None:
+        return logits.argmax(dim=-1)
+    idx = [int(target)] * batch if isinstance(target, int) else [int(t) for t in target]
+    if len(idx) != batch:
+        raise ConfigError(f"target has {len(idx)} entries for a batch of {batch} images")
+    for t in idx:
+        if not 0 <= t < classes:
+            raise ConfigError(
+                f"target {t} is out of range: the model has {classes} classes, "
+                f"valid targets are 0..{classes - 1} (set target=<int> or target=null for top-1)"
+            )
+    return torch.as_tensor(idx, device=logits.device)
+
+
+def target_score(target: Target, logits: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The scalar to differentiate (summed over the batch, whose images are independent in eval
+    mode) and the class indices it used."""
+    if callable(target):
+        return target(logits).sum(), ()
+    idx = class_indices(target, logits)
+    return logits.gather(-1, idx[:, None]).sum(), tuple(int(i) for i in idx)

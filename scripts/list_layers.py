@@ -1,0 +1,42 @@
+"""Print a model's module tree with each layer's output shape: `python scripts/list_layers.py model=vgg19`."""
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cnnviz.config import register_configs  # noqa: E402
+from cnnviz.hooks import model_state_kept  # noqa: E402
+from cnnviz.plan import load_model  # noqa: E402
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def main(overrides: list[str]) -> None:
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    loaded = load_model(cfg.model, int(cfg.seed))
+    shapes: dict[str, tuple] = {}
+    handles = [
+        m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(o.shape) if torch.is_tensor(o) else type(o).__name__))
+        for n, m in loaded.module.named_modules() if n
+    ]
+    try:
+        size = int(cfg.model.preprocess.input_size)
+        with model_state_kept(loaded.module), torch.no_grad():
+            loaded.module(torch.zeros(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    default = cfg.model.default_layer
+    for name, module in loaded.module.named_modules():
+        if name:
+            depth = name.count(".")
+            mark = "  <- default_layer" if name == default else ""
+            print(f"{'  ' * depth}{name}  {type(module).__name__}  {shapes.get(name, '(not called)')}{mark}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

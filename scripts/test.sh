@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# README command 2: the whole test suite (sets itself up on first use). Extra arguments go to pytest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+exec python -m pytest -q "$@"

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny hand-built models, an isolated image cache, and a run.py launcher."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_IMAGES = ROOT.parent / "shared" / "images"
+
+
+@pytest.fixture(scope="session")
+def image_cache(tmp_path_factory) -> Path:
+    """A private CNNVIZ_CACHE, seeded from ../shared/images when it exists."""
+    cache = tmp_path_factory.mktemp("cnnviz-cache")
+    (cache / "images").mkdir()
+    if SHARED_IMAGES.is_dir():
+        for f in SHARED_IMAGES.glob("*.png"):
+            shutil.copy(f, cache / "images" / f.name)
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(image_cache, monkeypatch):
+    monkeypatch.setenv("CNNVIZ_CACHE", str(image_cache))
+
+
+needs_shared_images = pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="../shared/images is not present")
+
+
+def run_cli(args: list[str], run_dir: Path, cache: Path, timeout: float = 300, multirun_dir: Path | None = None):
+    """Run ``python run.py`` as a user would; returns the CompletedProcess."""
+    env = {**os.environ, "CNNVIZ_CACHE": str(cache), "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+    dirs = [f"hydra.run.dir={run_dir}"]
+    if multirun_dir is not None:
+        dirs.append(f"hydra.sweep.dir={multirun_dir}")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args, *dirs],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+class TinyCNN(nn.Module):
+    """conv -> ReLU -> conv -> ReLU -> GAP -> linear, seeded; ``inplace`` picks the ReLU flavour."""
+
+    def __init__(self, inplace: bool = False, classes: int = 5, seed: int = 0, act=nn.ReLU):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), act(inplace=inplace),
+            nn.Conv2d(8, 6, 3, padding=1), act(inplace=inplace),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+@pytest.fixture
+def tiny_cnn() -> TinyCNN:
+    return TinyCNN()
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
