@@ -1,6 +1,7 @@
 """Structured-config schemas: a typo in a key or a wrong type fails when Hydra composes."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -60,6 +61,22 @@ class Config:
     device: str = "cpu"
     seed: int = 0
     render: RenderConfig = field(default_factory=RenderConfig)
+
+
+def check_keys(node, schema: type, where: str) -> None:
+    """Hydra accepts ``+image.x.typo=1`` into a typed node; refuse keys the schema does not have
+    (nested dataclass fields are checked too)."""
+    from .errors import ConfigError, close_matches
+
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if key not in fields:
+            near = close_matches(str(key), fields)
+            hint = f"; close matches: {', '.join(near)}" if near else ""
+            raise ConfigError(f"{where}.{key}: unknown key{hint}; valid: {', '.join(fields)}")
+        factory = fields[key].default_factory
+        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+            check_keys(node[key], factory, f"{where}.{key}")
 
 
 def register_configs() -> None:

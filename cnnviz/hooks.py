@@ -65,6 +65,8 @@ class _PositiveGradient(torch.autograd.Function):
 
 
 def relu_modules(model: nn.Module, only_under: Optional[str] = None) -> list[tuple[str, nn.Module]]:
+    if only_under:
+        resolve_layer(model, only_under)  # an unknown sub-module gets close matches, not "has none"
     prefix = None if not only_under else only_under + "."
     return [
         (name, m)

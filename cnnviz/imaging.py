@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
-from .errors import ConfigError
+from .errors import ConfigError, unknown
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -38,16 +38,17 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB from any Pillow mode: alpha is composited on white, 16/32-bit and float scaled to 8 bit."""
+    """RGB from any Pillow mode: transparency is composited on white, 16/32-bit integer images are
+    scaled from the 16-bit range and float images min-max scaled to 8 bit."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
         if img.mode == "F":
             lo, hi = float(a.min()), float(a.max())
             a = (a - lo) / (hi - lo or 1.0) * 255.0
-        else:
-            a = a / (65535.0 if a.max() > 255 else 255.0) * 255.0
+        else:  # Pillow opens 16-bit files as I;16 or I: the range is 0..65535 whatever the content
+            a = a / 65535.0 * 255.0
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if img.mode == "P" or img.mode == "LA" or img.mode == "PA":
+    if img.mode in ("P", "LA", "PA") or "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode == "RGBA":
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -168,23 +169,44 @@ def sources_from_config(key: str, cfg) -> list[ImageSource]:
 
 def unique_names(sources: Sequence[ImageSource]) -> list[ImageSource]:
     """Rename duplicates (two folders with cat.png) so that no two images share output files."""
-    seen: dict[str, int] = {}
+    taken = {s.name for s in sources}
+    used: set[str] = set()
     out = []
     for s in sources:
-        n = seen.get(s.name, 0)
-        seen[s.name] = n + 1
-        out.append(s if n == 0 else dataclasses.replace(s, name=f"{s.name}_{n + 1}"))
+        name, n = s.name, 1
+        while name in used or (name != s.name and name in taken):
+            n += 1
+            name = f"{s.name}_{n}"
+        used.add(name)
+        out.append(s if name == s.name else dataclasses.replace(s, name=name))
     return out
 
 
 # --- preprocessing ---------------------------------------------------------------------------
 
 
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+RESIZE_MODES = ("center_crop", "stretch", "keep_aspect")
+
+
+def check_preprocess(pre) -> None:
+    """Raise ``ConfigError`` for preprocessing settings that ``preprocess`` cannot apply."""
+    if pre.interpolation not in INTERPOLATIONS:
+        raise unknown("interpolation", "model.preprocess.interpolation", pre.interpolation, INTERPOLATIONS)
+    if pre.resize not in RESIZE_MODES:
+        raise unknown("resize mode", "model.preprocess.resize", pre.resize, RESIZE_MODES)
+    if int(pre.input_size) < 1 or not 0 < float(pre.crop_pct) <= 1:
+        raise ConfigError("model.preprocess: input_size must be >= 1 and crop_pct in (0, 1]")
+    if len(pre.mean) != 3 or len(pre.std) != 3 or any(float(v) == 0 for v in pre.std):
+        raise ConfigError("model.preprocess: mean and std need 3 values each, std non-zero")
+
+
 def preprocess(img: Image.Image, pre) -> tuple[torch.Tensor, np.ndarray]:
     """Resize (and crop) as configured; returns the normalised ``(1, 3, H, W)`` input and the
     uint8 ``(H, W, 3)`` picture it shows, which overlays are drawn on."""
+    check_preprocess(pre)
     size = int(pre.input_size)
-    interp = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}[pre.interpolation]
+    interp = INTERPOLATIONS[pre.interpolation]
     w, h = img.size
     if pre.resize == "stretch":
         img = img.resize((size, size), interp)
@@ -196,8 +218,6 @@ def preprocess(img: Image.Image, pre) -> tuple[torch.Tensor, np.ndarray]:
             w, h = img.size
             left, top = (w - size) // 2, (h - size) // 2
             img = img.crop((left, top, left + size, top + size))
-    else:
-        raise ConfigError(f"model.preprocess.resize must be center_crop, stretch or keep_aspect, got '{pre.resize}'")
     picture = np.asarray(img, dtype=np.uint8).copy()
     x = torch.from_numpy(picture).permute(2, 0, 1).float().div(255.0)
     mean = torch.tensor(list(pre.mean)).view(3, 1, 1)

@@ -11,9 +11,10 @@ import torch
 from hydra.utils import get_method as import_callable
 from omegaconf import DictConfig, OmegaConf
 
+from .config import ImageConfig, ModelConfig, check_keys
 from .errors import ConfigError
 from .hooks import capture_outputs, model_state_kept
-from .imaging import ImageSource, sources_from_config, unique_names
+from .imaging import ImageSource, check_preprocess, sources_from_config, unique_names
 from .layers import resolve_layer
 from .methods.base import Method
 from .models import LoadedModel
@@ -123,6 +124,10 @@ def probe_layers(plan_model: LoadedModel, layers: list[str], methods: dict[str, 
 
 
 def build_plan(cfg: DictConfig) -> Plan:
+    check_keys(cfg.model, ModelConfig, "model")
+    for key, image_cfg in (cfg.image or {}).items():
+        check_keys(image_cfg, ImageConfig, f"image.{key}")
+    check_preprocess(cfg.model.preprocess)
     device = resolve_device(cfg.device)
     methods = build_methods(cfg.method)
     images: list[ImageSource] = []

@@ -29,6 +29,7 @@ def grayscale_gradient(g: np.ndarray, percentile: float = 99.0) -> np.ndarray:
     """Sum of |g| over channels, clipped at the given percentile -> ``(H, W)`` uint8."""
     m = np.abs(g.astype(np.float64)).sum(axis=0)
     top = np.percentile(m, percentile)
+    top = top if top > 0 else m.max()  # a gradient on under 1% of pixels stays visible
     return _to_uint8(np.clip(m / top, 0, 1) if top > 0 else np.zeros_like(m))
 
 

@@ -1,8 +1,10 @@
 """What a technique explains: a class index per image, or any callable on the logits."""
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from .errors import ConfigError
@@ -17,7 +19,8 @@ def class_indices(target: Target, logits: torch.Tensor) -> Optional[torch.Tensor
     batch, classes = logits.shape[0], logits.shape[-1]
     if target is None:
         return logits.argmax(dim=-1)
-    idx = [int(target)] * batch if isinstance(target, int) else [int(t) for t in target]
+    scalar = isinstance(target, numbers.Integral) or (not isinstance(target, (list, tuple)) and np.ndim(target) == 0)
+    idx = [int(target)] * batch if scalar else [int(t) for t in target]
     if len(idx) != batch:
         raise ConfigError(f"target has {len(idx)} entries for a batch of {batch} images")
     for t in idx:
