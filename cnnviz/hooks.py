@@ -112,3 +112,10 @@ def model_state_kept(model: nn.Module, eval_mode: bool = True) -> Iterator[nn.Mo
             m.training = training
         for p, needed in grads_needed:
             p.requires_grad_(needed)
+
+
+@contextmanager
+def replaced_output(module: nn.Module, replace: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Substitute ``replace(output)`` for ``module``'s output during the ``with`` block."""
+    with removing([module.register_forward_hook(lambda _m, _i, out: replace(out))]):
+        yield

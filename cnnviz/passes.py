@@ -10,7 +10,7 @@ from torch import nn
 
 from .errors import ConfigError
 from .hooks import capture_outputs, model_state_kept
-from .targets import Target, target_score
+from .targets import Target, class_indices, target_score
 
 
 @dataclass
@@ -59,3 +59,30 @@ def gradient_pass(
         gradients={n: g.detach() for n, g in zip(layers, grads)},
         input_gradient=grads[-1].detach() if input_gradient else None,
     )
+
+
+def activation_pass(model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str] = ()) -> Pass:
+    """One forward pass without gradients, recording the named layers' outputs."""
+    layers = list(dict.fromkeys(layers))
+    with model_state_kept(model), capture_outputs(model, layers) as captured, torch.no_grad():
+        logits = model(x)
+        missing = [name for name in layers if name not in captured]
+        if missing:
+            raise ConfigError(f"layer(s) {', '.join(missing)} never ran in the forward pass; choose layers the model calls")
+        idx = class_indices(target, logits)
+    return Pass(
+        logits=logits,
+        target=() if idx is None else tuple(int(i) for i in idx),
+        activations={n: captured[n] for n in layers},
+        gradients={},
+        input_gradient=None,
+    )
+
+
+def target_scores(target: Target, logits: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """Per-row score of a batch of logits: the logit of ``indices`` (one index for all rows, or one
+    per row), or the callable target applied to the logits."""
+    if callable(target):
+        return target(logits).reshape(-1)
+    idx = torch.as_tensor(list(indices), device=logits.device).reshape(-1, 1).expand(logits.shape[0], 1)
+    return logits.gather(1, idx)[:, 0]

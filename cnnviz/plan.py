@@ -29,7 +29,7 @@ class Plan:
     model: LoadedModel
     preprocess: Any
     methods: dict[str, Method]
-    layers: list[str]
+    layers: dict[str, list[str]]  # per method; [] for methods without a layer
     targets: list[Any]  # None = per-image default; "top1"; ints
     images: list[ImageSource]
     num_classes: int
@@ -49,21 +49,24 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device: '{name}' is not a device; use cpu, cuda, cuda:N or auto") from None
 
 
-def build_methods(cfg_methods: DictConfig) -> dict[str, Method]:
+def build_methods(cfg_methods: DictConfig) -> tuple[dict[str, Method], dict[str, Any]]:
+    """Methods from ``method.<name>`` configs, and the per-method ``layer`` overrides they carry."""
     if not cfg_methods:
         raise ConfigError("no method selected: set method=<name> or 'method=[a,b]'")
-    methods = {}
+    methods, layers = {}, {}
     for name, params in cfg_methods.items():
         cls = get_method(str(name))
         params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
+        if "layer" in params:
+            layers[str(name)] = params.pop("layer")
         valid = {f.name for f in dataclasses.fields(cls)}
         for key in params:
             if key not in valid:
                 raise ConfigError(
-                    f"method.{name}.{key}: unknown hyperparameter of {name}; valid: {', '.join(sorted(valid)) or 'none'}"
+                    f"method.{name}.{key}: unknown hyperparameter of {name}; valid: {', '.join(sorted(valid | {'layer'}))}"
                 )
         methods[str(name)] = cls(**params)
-    return methods
+    return methods, layers
 
 
 def load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
@@ -102,17 +105,16 @@ def parse_targets(target: Any, num_classes: int) -> list[Any]:
     return list(dict.fromkeys(out))
 
 
-def probe_layers(plan_model: LoadedModel, layers: list[str], methods: dict[str, Method], pre, device) -> int:
+def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], methods: dict[str, Method], pre, device) -> int:
     """One forward on a blank input: layer output shapes for the CAM methods, and the class count."""
     size = int(pre.input_size)
-    with model_state_kept(plan_model.module), capture_outputs(plan_model.module, layers) as out, torch.no_grad():
+    every = list(dict.fromkeys(name for names in layers.values() for name in names))
+    with model_state_kept(plan_model.module), capture_outputs(plan_model.module, every) as out, torch.no_grad():
         logits = plan_model.module(torch.zeros(1, 3, size, size, device=device))
     if logits.ndim != 2:
         raise ConfigError(f"model {plan_model.name} returns shape {tuple(logits.shape)}; cnnviz expects (B, classes) logits")
     for name, m in methods.items():
-        if not m.needs_layer:
-            continue
-        for layer in layers:
+        for layer in layers[name]:
             if layer not in out:
                 raise ConfigError(f"layer '{layer}' never ran in the forward pass of {plan_model.name}")
             if m.kind == "cam" and out[layer].ndim != 4:
@@ -129,7 +131,7 @@ def build_plan(cfg: DictConfig) -> Plan:
         check_keys(image_cfg, ImageConfig, f"image.{key}")
     check_preprocess(cfg.model.preprocess)
     device = resolve_device(cfg.device)
-    methods = build_methods(cfg.method)
+    methods, method_layers = build_methods(cfg.method)
     images: list[ImageSource] = []
     for key, image_cfg in (cfg.image or {}).items():
         images.extend(sources_from_config(str(key), image_cfg))
@@ -142,7 +144,10 @@ def build_plan(cfg: DictConfig) -> Plan:
     model.module.to(device)
     for m in methods.values():
         m.check(model.module)
-    layers = parse_layers(cfg.layer, model, cfg.model.default_layer)
+    layers = {
+        name: parse_layers(method_layers.get(name, cfg.layer), model, cfg.model.default_layer) if m.needs_layer else []
+        for name, m in methods.items()
+    }
     num_classes = probe_layers(model, layers, methods, cfg.model.preprocess, device)
     targets = parse_targets(cfg.target, num_classes)
     return Plan(device, model, cfg.model.preprocess, methods, layers, targets, unique_names(images), num_classes, int(cfg.seed), cfg.render)

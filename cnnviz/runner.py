@@ -27,24 +27,24 @@ log = logging.getLogger("cnnviz")
 
 
 @dataclass(frozen=True)
-class Item:
+class Unit:
+    """One call of a technique: an image, a target, and every layer it serves in that call."""
+
     image: int
     method: str
-    layer: Optional[str]
+    layers: tuple[str, ...]
     target: Any
 
 
-def items_of(plan: Plan) -> list[Item]:
-    out = []
-    for i, m in itertools.product(range(len(plan.images)), plan.methods):
-        layers = plan.layers if plan.methods[m].needs_layer else [None]
-        for layer, target in itertools.product(layers, plan.targets):
-            out.append(Item(i, m, layer, target))
-    return out
+def units_of(plan: Plan) -> list[Unit]:
+    return [
+        Unit(i, m, tuple(plan.layers[m]), target)
+        for i, m, target in itertools.product(range(len(plan.images)), plan.methods, plan.targets)
+    ]
 
 
-def stem(image: str, item: Item, multi_target: bool, target: Optional[int]) -> str:
-    parts = [image, item.method] + ([item.layer] if item.layer else []) + ([f"t{target}"] if multi_target else [])
+def stem(image: str, method: str, layer: Optional[str], target: Optional[int], multi_target: bool) -> str:
+    parts = [image, method] + ([layer] if layer else []) + ([f"t{target}"] if multi_target else [])
     return "_".join(parts)
 
 
@@ -85,43 +85,49 @@ def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
     env = environment(str(plan.device), plan.seed, plan.model.weights_sha256)
     atomic_write(out_dir / "env.json", json.dumps(env, indent=2).encode())
     manifest = Manifest(out_dir / "manifest.csv")
-    items = items_of(plan)
+    units = units_of(plan)
     multi_target = len(plan.targets) > 1
     loaded: dict[int, Any] = {}
-    log.info("%d items: %d image(s) x %d method(s), model %s", len(items), len(plan.images), len(plan.methods), plan.model.name)
-    for item in tqdm(items, desc="cnnviz", unit="item", disable=None):
-        src = plan.images[item.image]
-        method = plan.methods[item.method]
-        row: dict[str, Any] = {
-            "image": src.name, "model": plan.model.name, "weights": plan.model.weights, "layer": item.layer,
-            "method": item.method, "params": method.params(),
-        }
+    log.info("%d calls: %d image(s) x %d method(s) x %d target(s), model %s",
+             len(units), len(plan.images), len(plan.methods), len(plan.targets), plan.model.name)
+    for unit in tqdm(units, desc="cnnviz", unit="call", disable=None):
+        src = plan.images[unit.image]
+        method = plan.methods[unit.method]
+        base = {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
+                "method": unit.method, "params": method.params()}
         start = time.perf_counter()
         try:
-            if item.image not in loaded:
-                loaded = {item.image: _load(src, plan)}  # one image in memory at a time
-            if isinstance(loaded[item.image], Exception):
-                raise loaded[item.image]
-            sha, x, picture = loaded[item.image]
-            row["image_sha256"] = sha
-            target = src.default_target if item.target is None else item.target
+            if unit.image not in loaded:
+                loaded = {unit.image: _load(src, plan)}  # one image in memory at a time
+            if isinstance(loaded[unit.image], Exception):
+                raise loaded[unit.image]
+            sha, x, picture = loaded[unit.image]
+            base["image_sha256"] = sha
+            target = src.default_target if unit.target is None else unit.target
             target = None if target == "top1" else target
             torch.manual_seed(plan.seed)
-            attr = method(plan.model.module, x, target, layer=item.layer)
-            row.update(prediction_columns(attr, plan))
-            name = stem(src.name, item, multi_target, row["target"])
-            row.update(write_files(attr, picture, name, out_dir, method.renders, plan.render))
-            row.update(status="ok", error="", warnings="; ".join(attr.warnings))
-        except Exception as e:  # recorded, logged, and the remaining items still run
-            row.update(status="error", error=f"{type(e).__name__}: {e}")
-            log.error("item %s / %s / %s failed: %s", src.name, item.method, item.layer or "-", row["error"])
-        row["duration_ms"] = round((time.perf_counter() - start) * 1000.0, 1)
-        manifest.add(row)
-        if row["status"] == "ok":
-            log.info(
-                "%s %s%s target %s (%s, p=%.3f): %.0f ms", src.name, item.method, f" @ {item.layer}" if item.layer else "",
-                row["target"], row["target_name"], row["target_prob"] or float("nan"), row["duration_ms"],
-            )
+            if unit.layers:
+                attrs = method.attribute_layers(plan.model.module, x, target, list(unit.layers))
+            else:
+                attrs = [method(plan.model.module, x, target)]
+            share = (time.perf_counter() - start) * 1000.0 / len(attrs)
+            for attr in attrs:
+                row = {**base, "layer": attr.layer, **prediction_columns(attr, plan)}
+                name = stem(src.name, unit.method, attr.layer, row["target"], multi_target)
+                row.update(write_files(attr, picture, name, out_dir, method.renders, plan.render))
+                row.update(status="ok", error="", warnings="; ".join(attr.warnings),
+                           duration_ms=round(share, 1), layers_in_call=len(attrs))
+                manifest.add(row)
+                log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", src.name, unit.method,
+                         f" @ {attr.layer}" if attr.layer else "", row["target"], row["target_name"],
+                         row["target_prob"] if row["target_prob"] is not None else float("nan"), share)
+        except Exception as e:  # recorded, logged, and the remaining calls still run
+            error = f"{type(e).__name__}: {e}"
+            log.error("%s / %s failed: %s", src.name, unit.method, error)
+            duration = round((time.perf_counter() - start) * 1000.0, 1)
+            for layer in unit.layers or (None,):
+                manifest.add({**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
+                              "status": "error", "error": error, "duration_ms": duration})
     frame = manifest.frame()
     failed = int((frame["status"] == "error").sum())
     log.info("done: %d ok, %d failed; outputs in %s", len(frame) - failed, failed, out_dir)

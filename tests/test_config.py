@@ -71,8 +71,8 @@ def test_method_option_lands_under_its_own_name(name):
 
 @pytest.mark.parametrize("name", OPTIONS["method"])
 def test_every_method_config_builds_its_registered_method(name):
-    methods = build_methods(compose_cfg([f"method={name}"]).method)
-    assert list(methods) == [name]
+    methods, layers = build_methods(compose_cfg([f"method={name}"]).method)
+    assert list(methods) == [name] and layers == {}
     assert isinstance(methods[name], get_method(name))
 
 
@@ -177,8 +177,13 @@ def test_unknown_hyperparameter_names_the_key():
 
 
 def test_known_hyperparameter_is_passed_on():
-    methods = build_methods(compose_cfg(["method.gradcam.relu=false"]).method)
+    methods, _ = build_methods(compose_cfg(["method.gradcam.relu=false"]).method)
     assert methods["gradcam"].relu is False
+
+
+def test_a_method_config_may_carry_its_own_layers():
+    methods, layers = build_methods(compose_cfg(["+method.gradcam.layer=[blocks.5,bn2]"]).method)
+    assert layers == {"gradcam": ["blocks.5", "bn2"]} and methods["gradcam"].params() == {"relu": True}
 
 
 def test_no_method_is_a_config_error():

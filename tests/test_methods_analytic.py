@@ -339,10 +339,13 @@ def test_batch_equals_single_images(name):
     for i, t in enumerate([0, 3]):
         one = run(name, model, x[i:i + 1], target=t, layer=layer)
         assert one.target == (t,)
-        np.testing.assert_allclose(both.values[i], one.values[0], rtol=1e-5, atol=1e-7)
+        # float32 convs round differently for batch 1 and 2; weighted channel sums cancel, so the
+        # absolute tolerance follows the map's scale
+        scale = float(np.abs(one.values).max()) or 1.0
+        np.testing.assert_allclose(both.values[i], one.values[0], rtol=1e-5, atol=1e-6 * scale)
         np.testing.assert_allclose(both.logits[i], one.logits[0], rtol=1e-6, atol=1e-7)
         if one.upsampled is not None:
-            np.testing.assert_allclose(both.upsampled[i], one.upsampled[0], rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(both.upsampled[i], one.upsampled[0], rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_callable_target_is_the_gradient_of_that_score():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, ContextManager, Optional
+from typing import Any, ClassVar, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
@@ -10,7 +10,7 @@ from torch import nn
 from ..attribution import Attribution
 from ..errors import ConfigError
 from ..maps import to_numpy, upsample
-from ..passes import Pass, gradient_pass
+from ..passes import Pass, activation_pass, gradient_pass
 from ..targets import Target
 
 
@@ -40,6 +40,10 @@ class Method:
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: Target, layer: Optional[str]) -> Attribution:
         raise NotImplementedError
+
+    def attribute_layers(self, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str]) -> list[Attribution]:
+        """One Attribution per layer; techniques that can share their passes across layers override this."""
+        return [self(model, x, target, layer=layer) for layer in layers]
 
 
 @dataclasses.dataclass
@@ -76,11 +80,17 @@ def require_4d(layer: str, t: torch.Tensor, method: str) -> None:
 
 @dataclasses.dataclass
 class CAMMethod(Method):
-    """Class activation map Σ_k w_k A_k at one layer; subclasses define the channel weights."""
+    """Class activation map at a layer, Σ_k w_k A_k unless ``combine`` says otherwise.
+
+    Gradient CAMs override ``channel_weights`` (or ``combine``); gradient-free ones set
+    ``uses_gradients = False`` and override ``layer_map``. ``attribute_layers`` serves any number of
+    layers from one forward (and one backward) pass.
+    """
 
     kind: ClassVar[str] = "cam"
     needs_layer: ClassVar[bool] = True
     renders: ClassVar[tuple[str, ...]] = ("cam_gray", "cam_heatmap", "cam_on_image")
+    uses_gradients: ClassVar[bool] = True
     relu: bool = True
 
     def channel_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -91,15 +101,27 @@ class CAMMethod(Method):
         weights = self.channel_weights(activations, gradients)
         return torch.einsum("bc,bchw->bhw", weights, activations)
 
-    def cam_from_pass(self, p: Pass, layer: str, size: tuple[int, int]) -> Attribution:
-        acts, grads = p.activations[layer], p.gradients[layer]
-        require_4d(layer, acts, self.name)
-        cam = self.combine(acts, grads)
+    def layer_map(self, model: nn.Module, x: torch.Tensor, p: Pass, layer: str, target: Target) -> torch.Tensor:
+        """``(B, h, w)`` map at ``layer`` before the optional ReLU."""
+        return self.combine(p.activations[layer], p.gradients[layer])
+
+    def attribute_layers(self, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str]) -> list[Attribution]:
+        if self.uses_gradients:
+            p = gradient_pass(model, x, target, layers=layers, input_gradient=False)
+            return self.finish_all(model, x, p, layers, target)
+        with torch.inference_mode():
+            return self.finish_all(model, x, activation_pass(model, x, target, layers=layers), layers, target)
+
+    def finish_all(self, model, x, p: Pass, layers: Sequence[str], target: Target) -> list[Attribution]:
+        for layer in layers:
+            require_4d(layer, p.activations[layer], self.name)
+        return [self.finish(self.layer_map(model, x, p, layer, target), p, layer, tuple(x.shape[-2:])) for layer in layers]
+
+    def finish(self, cam: torch.Tensor, p: Pass, layer: str, size: tuple[int, int]) -> Attribution:
         if self.relu:
             cam = cam.clamp(min=0)
-        warnings = ()
-        if not torch.any(cam != 0):
-            warnings = (f"{self.name} map at {layer} is all zero",)
+        cam = torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0)
+        warnings = () if torch.any(cam != 0) else (f"{self.name} map at {layer} is all zero",)
         return Attribution(
             method=self.name,
             values=to_numpy(cam),
@@ -112,5 +134,4 @@ class CAMMethod(Method):
         )
 
     def attribute(self, model, x, target, layer):
-        p = gradient_pass(model, x, target, layers=[layer], input_gradient=False)
-        return self.cam_from_pass(p, layer, tuple(x.shape[-2:]))
+        return self.attribute_layers(model, x, target, [layer])[0]

@@ -28,14 +28,20 @@ class GuidedGradCAM(Method):
         GuidedBackprop(only_under=self.only_under).check(model)
 
     def attribute(self, model, x, target, layer):
-        cam = GradCAM()(model, x, target, layer)
-        guided = GuidedBackprop(only_under=self.only_under)(model, x, list(cam.target) or target)
-        return Attribution(
-            method=self.name,
-            values=guided.values * cam.upsampled[:, None].astype(np.float32),
-            logits=cam.logits,
-            target=cam.target,
-            layer=layer,
-            params=self.params(),
-            warnings=cam.warnings,
-        )
+        return self.attribute_layers(model, x, target, [layer])[0]
+
+    def attribute_layers(self, model, x, target, layers):
+        cams = GradCAM().attribute_layers(model, x, target, layers)  # every layer from one pass
+        guided = GuidedBackprop(only_under=self.only_under)(model, x, list(cams[0].target) or target)
+        return [
+            Attribution(
+                method=self.name,
+                values=guided.values * cam.upsampled[:, None].astype(np.float32),
+                logits=cam.logits,
+                target=cam.target,
+                layer=cam.layer,
+                params=self.params(),
+                warnings=cam.warnings,
+            )
+            for cam in cams
+        ]

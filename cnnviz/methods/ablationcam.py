@@ -1,0 +1,75 @@
+"""Ablation-CAM (Desai & Ramaswamy 2020, WACV, "Gradient-free localization").
+
+    w_k = (y_c − y_c^{A_k = 0}) / y_c          map = ReLU(Σ_k w_k A_k)
+
+y is the target logit (a callable target's score). Channels are ablated ``batch_size`` at a time
+under ``torch.inference_mode``. With ``mode: expand`` (default) the part of the network before the
+layer runs once per batch on the single image and the layer's output is expanded into the batch of
+ablated copies, so only the rest of the network sees the whole batch; where the model cannot
+broadcast that (a later op mixes the expanded tensor with an earlier, un-expanded one in a way that
+fails), it falls back to ``mode: full``, which feeds the image repeated and ablates in place.
+
+Example::
+
+    attr = get_method("ablationcam")(batch_size=64)(model, x, target=243, layer="bn2")
+"""
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..hooks import model_state_kept, replaced_output
+from ..layers import resolve_layer
+from ..passes import target_scores
+from ..registry import register
+from .base import CAMMethod
+
+MODES = ("expand", "full")
+
+
+def _ablate(out: torch.Tensor, channels: torch.Tensor, expand: bool) -> torch.Tensor:
+    n = len(channels)
+    out = out.expand(n, *out.shape[1:]).clone() if expand else out.clone()
+    out[torch.arange(n, device=out.device), channels.to(out.device)] = 0
+    return out
+
+
+@register("ablationcam")
+@dataclass
+class AblationCAM(CAMMethod):
+    uses_gradients = False
+    batch_size: int = 64
+    mode: str = "expand"
+
+    def ablated_scores(self, model, x1, module, channels, target, index, expand: bool) -> torch.Tensor:
+        with replaced_output(module, lambda out: _ablate(out, channels, expand)):
+            logits = model(x1 if expand else x1.expand(len(channels), *x1.shape[1:]))
+        return target_scores(target, logits, [index] if index is not None else [])
+
+    def layer_map(self, model, x, p, layer, target):
+        if self.mode not in MODES or self.batch_size < 1:
+            raise ConfigError(f"method.ablationcam: mode must be one of {MODES} and batch_size >= 1")
+        module = resolve_layer(model, layer)
+        acts = p.activations[layer]
+        maps = []
+        with model_state_kept(model):
+            for b in range(acts.shape[0]):
+                index = p.target[b] if p.target else None
+                x1 = x[b : b + 1]
+                # the unablated score by the same single-image path as the ablated ones, so the
+                # small difference y_c - y_c^k is not swamped by batch-dependent rounding
+                base = target_scores(target, model(x1), [index] if index is not None else [])[0]
+                ablated = torch.empty(acts.shape[1], dtype=acts.dtype, device=acts.device)
+                expand = self.mode == "expand"
+                for chunk in torch.arange(acts.shape[1], device=acts.device).split(self.batch_size):
+                    try:
+                        scores = self.ablated_scores(model, x1, module, chunk, target, index, expand)
+                    except RuntimeError:
+                        if not expand:
+                            raise
+                        expand = False  # this model mixes batch sizes downstream of the layer
+                        scores = self.ablated_scores(model, x1, module, chunk, target, index, expand)
+                    ablated[chunk] = scores.to(ablated.dtype)
+                weights = (base - ablated) / base if base != 0 else torch.zeros_like(ablated)
+                maps.append(torch.einsum("c,chw->hw", weights, acts[b]))
+        return torch.stack(maps)

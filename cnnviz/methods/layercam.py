@@ -1,0 +1,45 @@
+"""LayerCAM (Jiang et al. 2021, IEEE TIP 30:5875, "Exploring Hierarchical Class Activation Maps").
+
+    map = ReLU(Σ_k ReLU(dY/dA_k) ⊙ A_k)
+
+``fuse=True`` with several layers adds the paper's hierarchical fusion as one more result (layer
+``fused``): each layer's map is scaled by tanh(γ · M / max M) (γ = ``gamma``, 2 in the paper),
+upsampled to the input and combined by the element-wise maximum.
+
+Example::
+
+    maps = get_method("layercam")(fuse=True).attribute_layers(model, x, 243, ["blocks.4", "blocks.5", "bn2"])
+"""
+from dataclasses import dataclass
+
+import torch
+
+from ..attribution import Attribution
+from ..maps import fuse_layer_maps
+from ..registry import register
+from .base import CAMMethod
+
+FUSED = "fused"
+
+
+@register("layercam")
+@dataclass
+class LayerCAM(CAMMethod):
+    fuse: bool = False
+    gamma: float = 2.0
+
+    def combine(self, activations, gradients):
+        return (gradients.clamp(min=0) * activations).sum(dim=1)
+
+    def attribute_layers(self, model, x, target, layers):
+        maps = super().attribute_layers(model, x, target, layers)
+        if not self.fuse or len(maps) < 2:
+            return maps
+        size = tuple(x.shape[-2:])
+        fused = fuse_layer_maps([torch.from_numpy(a.values) for a in maps], size, self.gamma).numpy()
+        return maps + [
+            Attribution(
+                method=self.name, values=fused, logits=maps[0].logits, target=maps[0].target, layer=FUSED,
+                upsampled=fused, params=self.params(),
+            )
+        ]
