@@ -24,6 +24,8 @@ class Attribution:
     upsampled: Optional[np.ndarray] = None
     params: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    #: scalar diagnostics that become manifest columns (e.g. integrated gradients' completeness gap)
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_cam(self) -> bool:

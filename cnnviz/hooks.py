@@ -75,25 +75,62 @@ def relu_modules(model: nn.Module, only_under: Optional[str] = None) -> list[tup
     ]
 
 
-@contextmanager
-def guided_relus(model: nn.Module, only_under: Optional[str] = None, method: str = "guided_backprop"):
-    """Guided backprop's backward rule on every ReLU-family module, for the ``with`` block only.
+class _DeconvGate(torch.autograd.Function):
+    """Forward: the module's output. Backward: max(grad, 0) straight to the module's input,
+    bypassing the module's own derivative (Zeiler & Fergus' deconvnet rule)."""
 
-    Autograd still applies the module's own derivative f'(x); the gate placed after the module
-    drops negative incoming gradients first, giving grad_in = f'(x) * max(grad_out, 0).
+    @staticmethod
+    def forward(ctx, module_input, module_output):
+        return module_output.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0), None
+
+
+def _guided_hooks(module: nn.Module) -> list:
+    return [module.register_forward_hook(lambda _m, _i, out: _PositiveGradient.apply(out))]
+
+
+def _deconv_hooks(module: nn.Module) -> list:
+    inputs: list[torch.Tensor] = []
+
+    def keep_input(_m, args):
+        inputs.append(args[0].clone())  # before an in-place ReLU overwrites it
+
+    def gate(_m, _args, out):
+        return _DeconvGate.apply(inputs.pop(), out.detach())
+
+    return [module.register_forward_pre_hook(keep_input), module.register_forward_hook(gate)]
+
+
+RELU_RULES = {"guided": _guided_hooks, "deconvnet": _deconv_hooks}
+
+
+@contextmanager
+def relu_rule(model: nn.Module, rule: str, only_under: Optional[str] = None, method: str = ""):
+    """Rewrite the backward pass of every ReLU-family module for the ``with`` block only.
+
+    ``guided``: autograd keeps the module's own derivative f'(x) and the gate placed after the
+    module first drops negative gradients, so grad_in = f'(x) * max(grad_out, 0).
+    ``deconvnet``: grad_in = max(grad_out, 0), whatever the sign of the forward input.
     """
     found = relu_modules(model, only_under)
     if not found:
         where = f" under '{only_under}'" if only_under else ""
         raise ConfigError(
-            f"{method} rewrites the backward pass of ReLU-family modules (nn.ReLU, nn.ReLU6), "
+            f"{method or rule} rewrites the backward pass of ReLU-family modules (nn.ReLU, nn.ReLU6), "
             f"but the model has none{where}; functional relu calls cannot be rewritten. "
             "Use a gradient method such as vanilla_backprop, or a model built from nn.ReLU modules"
         )
     with removing([]) as handles:
         for _, module in found:
-            handles.append(module.register_forward_hook(lambda _m, _i, out: _PositiveGradient.apply(out)))
+            handles.extend(RELU_RULES[rule](module))
         yield
+
+
+def guided_relus(model: nn.Module, only_under: Optional[str] = None, method: str = "guided_backprop"):
+    return relu_rule(model, "guided", only_under, method)
 
 
 @contextmanager

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import ContextManager, Optional, Sequence
+from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
@@ -29,13 +29,15 @@ def gradient_pass(
     layers: Sequence[str] = (),
     input_gradient: bool = True,
     rule: Optional[ContextManager] = None,
+    objective: Optional[Callable[[dict[str, torch.Tensor]], torch.Tensor]] = None,
 ) -> Pass:
     """One forward and one backward of the target score.
 
     Gradients are taken with ``torch.autograd.grad`` on the recorded layer outputs (and the
     input when asked), so ``param.grad`` is never touched and the backward stops at the deepest
     tensor that is needed. ``rule`` is a context manager that rewrites the backward pass
-    (e.g. guided backprop), active only around the forward.
+    (e.g. guided backprop), active only around the forward. ``objective`` replaces the target
+    score by a function of the recorded layer outputs (e.g. one filter's activation).
     """
     layers = list(dict.fromkeys(layers))
     x = x.detach().clone().requires_grad_(True)
@@ -48,7 +50,10 @@ def gradient_pass(
             missing = [name for name in layers if name not in captured]
             if missing:
                 raise ConfigError(f"layer(s) {', '.join(missing)} never ran in the forward pass; choose layers the model calls")
-            score, target_idx = target_score(target, logits)
+            if objective is not None:
+                score, target_idx = objective(captured), ()
+            else:
+                score, target_idx = target_score(target, logits)
             wrt = [captured[name] for name in layers] + ([x] if input_gradient else [])
             grads = torch.autograd.grad(score, wrt, allow_unused=True) if wrt else ()
     grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads)]

@@ -132,6 +132,11 @@ def build_plan(cfg: DictConfig) -> Plan:
     check_preprocess(cfg.model.preprocess)
     device = resolve_device(cfg.device)
     methods, method_layers = build_methods(cfg.method)
+    for m in methods.values():  # techniques that work in pixel space learn the model's normalisation
+        if getattr(m, "input_mean", False) is None:
+            m.input_mean = [float(v) for v in cfg.model.preprocess.mean]
+        if getattr(m, "input_std", False) is None:
+            m.input_std = [float(v) for v in cfg.model.preprocess.std]
     images: list[ImageSource] = []
     for key, image_cfg in (cfg.image or {}).items():
         images.extend(sources_from_config(str(key), image_cfg))

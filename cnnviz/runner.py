@@ -115,6 +115,7 @@ def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
                 row = {**base, "layer": attr.layer, **prediction_columns(attr, plan)}
                 name = stem(src.name, unit.method, attr.layer, row["target"], multi_target)
                 row.update(write_files(attr, picture, name, out_dir, method.renders, plan.render))
+                row.update(attr.metrics)
                 row.update(status="ok", error="", warnings="; ".join(attr.warnings),
                            duration_ms=round(share, 1), layers_in_call=len(attrs))
                 manifest.add(row)

@@ -77,3 +77,17 @@ def hook_count(model: nn.Module) -> int:
         + len(getattr(m, "_backward_pre_hooks", {}))
         for m in model.modules()
     )
+
+
+#: Hyperparameters that fit the tiny test inputs and keep the suite fast; defaults otherwise.
+TINY_PARAMS = {
+    "occlusion": {"window": 3, "stride": 2},
+    "integrated_gradients": {"n_steps": 8, "internal_batch_size": 3},
+    "smoothgrad": {"n_samples": 4, "batch_size": 3},
+}
+
+
+def tiny_method(name: str, **params):
+    from cnnviz import get_method
+
+    return get_method(name)(**{**TINY_PARAMS.get(name, {}), **params})

@@ -22,6 +22,8 @@ class Method:
     #: "gradient" (input-space map) or "cam" (layer map); decides what files are written.
     kind: ClassVar[str] = "gradient"
     needs_layer: ClassVar[bool] = False
+    #: False for techniques that explain something other than a class score (a filter, a layer)
+    uses_target: ClassVar[bool] = True
     #: Render kinds (keys of ``cnnviz.render.RENDERERS``) the runner writes for this technique.
     renders: ClassVar[tuple[str, ...]] = ("color", "gray")
 

@@ -1,0 +1,27 @@
+"""Deconvnet (Zeiler & Fergus 2014, "Visualizing and Understanding Convolutional Networks",
+arXiv:1311.2901), as a backward rule.
+
+At every ReLU-family module the backward pass is max(grad_out, 0), whatever the sign of the forward
+input; max-pool switches and transposed convolutions are autograd's own backward of the pooling and
+convolution layers. ``only_under`` restricts the rule to one sub-module.
+
+Example::
+
+    attr = get_method("deconvnet")()(model, x, target=56)
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+from ..hooks import relu_rule
+from ..registry import register
+from .base import GradientMethod
+
+
+@register("deconvnet")
+@dataclass
+class Deconvnet(GradientMethod):
+    renders = ("color", "gray", "pos_sal", "neg_sal")
+    only_under: Optional[str] = None
+
+    def backward_rule(self, model):
+        return relu_rule(model, "deconvnet", self.only_under, method=self.name)

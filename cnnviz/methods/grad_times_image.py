@@ -1,0 +1,69 @@
+"""Input × gradient (Shrikumar et al. 2016, arXiv:1605.01713), on the whole input (all channels).
+
+    normalized space:  x ⊙ ∂y_c/∂x                         (x: the model's normalised input)
+    pixel space:       p ⊙ ∂y_c/∂p,  p = x·std + mean ∈ [0, 1], ∂y/∂p = (∂y/∂x) / std
+
+``base`` chooses the gradient: ``vanilla``, ``guided`` (guided backprop) or ``integrated``, which is
+integrated gradients itself, (x − x') ⊙ the path-averaged gradient (black baseline); it is the same
+in both spaces because the normalisation is affine.
+
+Example::
+
+    attr = get_method("grad_times_image")(base="guided", space="pixel", input_mean=[.5]*3, input_std=[.5]*3)(model, x, 56)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..attribution import Attribution
+from ..errors import unknown
+from ..inputspace import stats
+from ..maps import to_numpy
+from ..registry import register
+from .base import GradientMethod
+from .guided_backprop import GuidedBackprop
+from .integrated_gradients import IntegratedGradients
+from .vanilla_backprop import VanillaBackprop
+
+BASES = ("vanilla", "guided", "integrated")
+SPACES = ("normalized", "pixel")
+
+
+@register("grad_times_image")
+@dataclass
+class GradTimesImage(GradientMethod):
+    renders = ("color", "gray", "pos_sal", "neg_sal")
+    base: str = "vanilla"
+    space: str = "normalized"
+    input_mean: Optional[list[float]] = None
+    input_std: Optional[list[float]] = None
+
+    def inner(self) -> GradientMethod:
+        if self.base not in BASES:
+            raise unknown("base", "method.grad_times_image.base", self.base, BASES)
+        if self.space not in SPACES:
+            raise unknown("space", "method.grad_times_image.space", self.space, SPACES)
+        if self.base == "integrated":
+            return IntegratedGradients(input_mean=self.input_mean, input_std=self.input_std)
+        return GuidedBackprop() if self.base == "guided" else VanillaBackprop()
+
+    def check(self, model):
+        self.inner().check(model)
+
+    def attribute(self, model, x, target, layer):
+        inner = self.inner()
+        attr = inner(model, x, target)
+        if self.base == "integrated":
+            values = attr.values
+        elif self.space == "normalized":
+            values = to_numpy(x) * attr.values
+        else:
+            mean, std = stats(x, self.input_mean, self.input_std)
+            values = to_numpy(x * std + mean) * (attr.values / to_numpy(std))
+        return Attribution(
+            method=self.name, values=values.astype(np.float32), logits=attr.logits, target=attr.target,
+            params=self.params(), metrics=attr.metrics,
+        )

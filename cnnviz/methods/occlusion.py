@@ -1,0 +1,75 @@
+"""Occlusion (Zeiler & Fergus 2014, arXiv:1311.2901 §4.2).
+
+A ``window`` × ``window`` patch (all channels) set to ``baseline`` (in the model's normalised input
+space; 0 is the mean colour) slides with ``stride``; each pixel's attribution is the mean, over the
+windows that cover it, of the drop in the target score y_c(x) − y_c(x occluded). Pixels that no
+window covers get 0. Occluded images are evaluated ``perturbations_per_eval`` at a time under
+``torch.inference_mode``.
+
+Example::
+
+    attr = get_method("occlusion")(window=15, stride=8)(model, x, target=56)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..attribution import Attribution
+from ..errors import ConfigError
+from ..hooks import model_state_kept
+from ..maps import to_numpy
+from ..passes import target_scores
+from ..registry import register
+from ..targets import class_indices
+from .base import GradientMethod
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    return list(range(0, size - window + 1, stride)) if size >= window else []
+
+
+@register("occlusion")
+@dataclass
+class Occlusion(GradientMethod):
+    renders = ("color", "gray", "pos_sal", "neg_sal")
+    window: int = 15
+    stride: int = 8
+    baseline: float = 0.0
+    perturbations_per_eval: int = 16
+
+    def attribute(self, model, x, target, layer):
+        if self.window < 1 or self.stride < 1 or self.perturbations_per_eval < 1:
+            raise ConfigError("method.occlusion: window, stride and perturbations_per_eval must be >= 1")
+        H, W = x.shape[-2:]
+        if self.window > min(H, W):
+            raise ConfigError(f"method.occlusion.window={self.window} is larger than the input ({H}x{W})")
+        boxes = [(i, j) for i in window_starts(H, self.window, self.stride) for j in window_starts(W, self.window, self.stride)]
+        out = []
+        with model_state_kept(model), torch.inference_mode():
+            logits = model(x)
+            idx = class_indices(target, logits)
+            for b in range(x.shape[0]):
+                which = [] if idx is None else [int(idx[b])]
+                base = target_scores(target, logits[b:b + 1], which)[0]
+                total = torch.zeros(H, W, dtype=torch.float64, device=x.device)
+                count = torch.zeros(H, W, dtype=torch.float64, device=x.device)
+                for start in range(0, len(boxes), self.perturbations_per_eval):
+                    chunk = boxes[start:start + self.perturbations_per_eval]
+                    batch = x[b:b + 1].repeat(len(chunk), 1, 1, 1)
+                    for n, (i, j) in enumerate(chunk):
+                        batch[n, :, i:i + self.window, j:j + self.window] = self.baseline
+                    drops = (base - target_scores(target, model(batch), which)).double()
+                    for n, (i, j) in enumerate(chunk):
+                        total[i:i + self.window, j:j + self.window] += drops[n]
+                        count[i:i + self.window, j:j + self.window] += 1
+                values = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+                out.append(values.float().expand(x.shape[1], H, W))
+        return Attribution(
+            method=self.name,
+            values=to_numpy(torch.stack(out)),
+            logits=to_numpy(logits),
+            target=() if idx is None else tuple(int(i) for i in idx),
+            params=self.params(),
+        )

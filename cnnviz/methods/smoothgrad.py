@@ -1,0 +1,98 @@
+"""SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825), wrapping any gradient technique.
+
+    σ = noise_level · (max(x) − min(x))          x_i = x + N(0, σ²),  i = 1..n_samples
+    smoothgrad:  mean_i g(x_i)       variant sq:  mean_i g(x_i)²       variant var (VarGrad,
+    Adebayo et al. 2018):  mean_i g(x_i)² − (mean_i g(x_i))²
+
+``inner`` names the wrapped technique (``vanilla_backprop``, ``guided_backprop``, ``deconvnet``,
+``grad_times_image``, ``integrated_gradients`` …) and ``inner_params`` its hyperparameters. Noisy
+copies are evaluated ``batch_size`` at a time, from a generator seeded with ``seed``.
+
+Example::
+
+    attr = get_method("smoothgrad")(inner="guided_backprop", n_samples=50)(model, x, target=56)
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..attribution import Attribution
+from ..errors import ConfigError, unknown
+from ..hooks import model_state_kept
+from ..maps import to_numpy
+from ..registry import get_method, register
+from ..targets import class_indices
+from .base import GradientMethod, Method
+
+VARIANTS = ("mean", "sq", "var")
+
+
+@register("smoothgrad")
+@dataclass
+class SmoothGrad(Method):
+    renders = ("color", "gray", "pos_sal", "neg_sal")
+    inner: str = "vanilla_backprop"
+    inner_params: dict[str, Any] = field(default_factory=dict)
+    n_samples: int = 50
+    noise_level: float = 0.15
+    variant: str = "mean"
+    batch_size: int = 10
+    seed: int = 0
+    input_mean: Optional[list[float]] = None
+    input_std: Optional[list[float]] = None
+
+    def inner_method(self) -> GradientMethod:
+        cls = get_method(self.inner)
+        if not issubclass(cls, GradientMethod):
+            raise ConfigError(f"method.smoothgrad.inner: '{self.inner}' is not a gradient technique (input-space map)")
+        params = dict(self.inner_params)
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in ("input_mean", "input_std"):  # pass the normalisation on to a pixel-space inner
+            if key in names and params.get(key) is None:
+                params[key] = getattr(self, key)
+        unknown_keys = set(params) - names
+        if unknown_keys:
+            raise ConfigError(f"method.smoothgrad.inner_params: {sorted(unknown_keys)} are not hyperparameters of {self.inner}")
+        return cls(**params)
+
+    def check(self, model):
+        self.inner_method().check(model)
+
+    def attribute(self, model, x, target, layer):
+        if self.variant not in VARIANTS:
+            raise unknown("variant", "method.smoothgrad.variant", self.variant, VARIANTS)
+        if self.n_samples < 1 or self.batch_size < 1:
+            raise ConfigError("method.smoothgrad: n_samples and batch_size must be >= 1")
+        inner = self.inner_method()
+        x = x.detach()
+        with model_state_kept(model), torch.no_grad():
+            logits = model(x)
+        idx = class_indices(target, logits)
+        out = []
+        for b in range(x.shape[0]):
+            # one stream per image: an image's result does not depend on the batch it came in
+            generator = torch.Generator().manual_seed(self.seed)
+            xb = x[b:b + 1]
+            sigma = self.noise_level * float(xb.max() - xb.min())
+            total = torch.zeros_like(xb, dtype=torch.float64)
+            squares = torch.zeros_like(xb, dtype=torch.float64)
+            for start in range(0, self.n_samples, self.batch_size):
+                k = min(self.batch_size, self.n_samples - start)
+                noise = torch.randn((k, *xb.shape[1:]), generator=generator, dtype=xb.dtype).to(xb.device)
+                t = target if idx is None else [int(idx[b])] * k
+                g = torch.from_numpy(inner(model, xb + sigma * noise, t).values).double()
+                total += g.sum(dim=0, keepdim=True)
+                squares += g.pow(2).sum(dim=0, keepdim=True)
+            mean, mean_sq = total / self.n_samples, squares / self.n_samples
+            out.append({"mean": mean, "sq": mean_sq, "var": mean_sq - mean.pow(2)}[self.variant])
+        return Attribution(
+            method=self.name,
+            values=torch.cat(out).float().numpy(),
+            logits=to_numpy(logits),
+            target=() if idx is None else tuple(int(i) for i in idx),
+            params=self.params(),
+        )
