@@ -69,12 +69,24 @@ def cam_on_image(cam: np.ndarray, image: np.ndarray, alpha: float = 0.4, cmap: s
     return np.clip(np.rint((1 - alpha) * image + alpha * heat), 0, 255).astype(np.uint8)
 
 
+def relevance_heatmap(r: np.ndarray, cmap: str = "seismic") -> np.ndarray:
+    """``(C, H, W)`` relevance summed over channels, through a diverging colormap centred on zero:
+    the largest |R| maps to the ends, zero to the middle -> ``(H, W, 3)`` uint8."""
+    from matplotlib import colormaps
+
+    m = r.astype(np.float64).sum(axis=0)
+    top = np.abs(m).max()
+    centred = 0.5 + 0.5 * (m / top if top > 0 else m)
+    return _to_uint8(colormaps[cmap](centred)[..., :3])
+
+
 #: Render kinds a method may list: name -> function(values, upsampled map, image, options).
 RENDERERS: dict[str, Callable[..., np.ndarray]] = {
     "color": lambda g, cam, img, o: colored_gradient(g),
     "gray": lambda g, cam, img, o: grayscale_gradient(g),
     "pos_sal": lambda g, cam, img, o: positive_saliency(g),
     "neg_sal": lambda g, cam, img, o: negative_saliency(g),
+    "lrp_heatmap": lambda g, cam, img, o: relevance_heatmap(g),
     "cam_gray": lambda g, cam, img, o: cam_gray(cam),
     "cam_heatmap": lambda g, cam, img, o: cam_heatmap(cam, o.colormap),
     "cam_on_image": lambda g, cam, img, o: cam_on_image(cam, img, o.alpha, o.colormap),

@@ -209,7 +209,20 @@ def test_renderers_table_dispatches_to_the_functions(grad, cam):
         "cam_gray": render.cam_gray(cam),
         "cam_heatmap": render.cam_heatmap(cam, "hsv"),
         "cam_on_image": render.cam_on_image(cam, image, 0.3, "hsv"),
+        "lrp_heatmap": render.relevance_heatmap(grad),
     }
     assert set(render.RENDERERS) == set(expected)
     for kind, out in expected.items():
         np.testing.assert_array_equal(render.RENDERERS[kind](grad, cam, image, o), out)
+
+
+def test_relevance_heatmap_is_centred_on_zero_and_symmetric():
+    r = np.zeros((3, 4, 4))
+    r[0, 0, 0], r[1, 3, 3] = 2.0, -2.0
+    r[2, 1, 1] = 1.0
+    out = render.relevance_heatmap(r)
+    seismic = colormaps["seismic"]
+    assert (out[2, 2] == u8(seismic(0.5)[:3])).all()      # zero relevance: the middle colour
+    assert (out[0, 0] == u8(seismic(1.0)[:3])).all()      # largest positive: one end
+    assert (out[3, 3] == u8(seismic(0.0)[:3])).all()      # equally large negative: the other end
+    assert (out[1, 1] == u8(seismic(0.75)[:3])).all()     # half as large: halfway up

@@ -1,0 +1,109 @@
+"""Layer-wise relevance propagation (Bach et al. 2015, PLoS ONE; Montavon et al. 2019, "LRP: An
+Overview"), with the layer rules
+
+    LRP-ε:   R_i = Σ_j a_i w_ij / (z_j + ε·sign z_j) · R_j
+    LRP-γ:   R_i = Σ_j a_i (w_ij + γ w⁺_ij) / Σ_i' a_i' (w_i'j + γ w⁺_i'j) · R_j
+    LRP-z⁺ (= α1β0):  as γ → ∞, positive weights only
+    zᴮ:      the input layer, for inputs bounded by the pixel range (see ``relevance.zb_relevance``)
+
+``rule: composite`` (default, Montavon et al. 2019 §10.3): zᴮ at the first layer, γ at the lower
+``gamma_fraction`` of the convolutions, ε at the upper convolutions and the dense layers. Other
+presets apply one rule everywhere (``epsilon``, ``gamma``, ``zplus``, ``zero`` = LRP-0), with
+``first_layer: zb | same``. The relevance starts as the target logit. BatchNorm is folded into the
+preceding convolution; skip connections split relevance in proportion to their summands; the model
+runs in eval mode on a private copy. A layer type without a rule is refused, naming it.
+The row records ``relevance_sum`` and ``conservation_gap`` = |Σ R − y_c| / |y_c| (biases and ε
+absorb some relevance, so the gap is not zero in general).
+
+Example::
+
+    attr = get_method("lrp")(input_mean=[.5]*3, input_std=[.5]*3)(model, x, target=56)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..attribution import Attribution
+from ..errors import ConfigError, unknown
+from ..inputspace import pixel_bounds
+from ..maps import to_numpy
+from ..passes import gradient_pass
+from ..registry import register
+from ..relevance import LINEAR, check_supported, fold_batchnorms, private_copy, relevance_rules, zb_relevance
+from .base import Method
+
+RULES = ("composite", "epsilon", "gamma", "zplus", "zero")
+FIRST = ("zb", "same")
+
+
+@register("lrp")
+@dataclass
+class LRP(Method):
+    renders = ("lrp_heatmap", "color", "gray", "pos_sal", "neg_sal")
+    rule: str = "composite"
+    epsilon: float = 0.25
+    gamma: float = 0.25
+    gamma_fraction: float = 0.5
+    first_layer: str = "zb"
+    input_mean: Optional[list[float]] = None
+    input_std: Optional[list[float]] = None
+
+    def layer_rules(self, model) -> tuple[Optional[str], dict[str, str]]:
+        """The input layer (if zᴮ) and the rule of every other linear layer."""
+        if self.rule not in RULES:
+            raise unknown("rule", "method.lrp.rule", self.rule, RULES)
+        if self.first_layer not in FIRST:
+            raise unknown("first layer rule", "method.lrp.first_layer", self.first_layer, FIRST)
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LINEAR)]
+        if not layers:
+            raise ConfigError("lrp needs convolution or linear layers; the model has none")
+        convs = [n for n, m in layers if isinstance(m, torch.nn.Conv2d)]
+        lower = set(convs[: int(round(self.gamma_fraction * len(convs)))])
+        rules = {}
+        for name, m in layers:
+            if self.rule == "composite":
+                rules[name] = "gamma" if name in lower else "epsilon"
+            else:
+                rules[name] = self.rule
+        first = layers[0][0] if self.first_layer == "zb" else None
+        if first is not None:
+            del rules[first]
+        return first, rules
+
+    def check(self, model):
+        check_supported(model)
+        self.layer_rules(model)
+
+    def attribute(self, model, x, target, layer):
+        check_supported(model)
+        x = x.detach()
+        net = private_copy(model)
+        fold_batchnorms(net)
+        first, rules = self.layer_rules(net)
+        with torch.no_grad():
+            folded, original = net(x), model.eval()(x) if not model.training else None
+        if original is not None and not torch.allclose(folded, original, rtol=1e-3, atol=1e-3 * float(original.abs().max())):
+            raise ConfigError("lrp: folding BatchNorm into the preceding convolutions changed the model's output; "
+                              "this architecture's BatchNorm placement is not supported")
+        p = gradient_pass(net, x, target, layers=[first] if first else [], input_gradient=first is None,
+                          rule=relevance_rules(net, rules, self.epsilon, self.gamma))
+        if first is None:
+            relevance = x * p.input_gradient
+        else:
+            low, high = pixel_bounds(x, self.input_mean, self.input_std)
+            module = dict(net.named_modules())[first]
+            relevance = zb_relevance(module, x, p.activations[first], p.gradients[first], low, high)
+        idx = list(p.target) if p.target else None
+        total = relevance.double().sum(dim=(1, 2, 3))
+        score = p.logits[torch.arange(len(idx)), idx].double() if idx else None
+        metrics = {"relevance_sum": float(total[0])}
+        if score is not None:
+            metrics["conservation_gap"] = float((total[0] - score[0]).abs() / score[0].abs().clamp(min=1e-12))
+        return Attribution(
+            method=self.name, values=to_numpy(relevance).astype(np.float32), logits=to_numpy(p.logits), target=p.target,
+            params=self.params(), metrics=metrics,
+        )
