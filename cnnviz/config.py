@@ -60,6 +60,8 @@ class Config:
     target: Any = None
     device: str = "cpu"
     seed: int = 0
+    #: skip the items whose rows and files are already complete in the run folder
+    resume: bool = False
     render: RenderConfig = field(default_factory=RenderConfig)
 
 

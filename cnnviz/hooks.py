@@ -108,15 +108,16 @@ RELU_RULES = {"guided": _guided_hooks, "deconvnet": _deconv_hooks}
 
 
 @contextmanager
-def relu_rule(model: nn.Module, rule: str, only_under: Optional[str] = None, method: str = ""):
+def relu_rule(model: nn.Module, rule: str, only_under: Optional[str] = None, method: str = "", required: bool = True):
     """Rewrite the backward pass of every ReLU-family module for the ``with`` block only.
 
     ``guided``: autograd keeps the module's own derivative f'(x) and the gate placed after the
     module first drops negative gradients, so grad_in = f'(x) * max(grad_out, 0).
     ``deconvnet``: grad_in = max(grad_out, 0), whatever the sign of the forward input.
+    With ``required=False`` a model without such modules runs with its ordinary backward.
     """
     found = relu_modules(model, only_under)
-    if not found:
+    if not found and required:
         where = f" under '{only_under}'" if only_under else ""
         raise ConfigError(
             f"{method or rule} rewrites the backward pass of ReLU-family modules (nn.ReLU, nn.ReLU6), "

@@ -11,13 +11,13 @@ from .files import atomic_write
 
 #: Leading columns, always present and in this order; file columns follow.
 COLUMNS = [
-    "image", "image_sha256", "model", "weights", "layer", "method", "params", "target", "target_name",
+    "image", "image_sha256", "model", "weights", "layer", "method", "params", "target_request", "target", "target_name",
     "predicted", "predicted_name", "predicted_prob", "target_prob", "status", "error", "warnings", "duration_ms",
 ]
 
 
 #: Columns that identify an item: a new row replaces an earlier row with the same values.
-KEY = ["image", "model", "weights", "method", "layer", "params", "target"]
+KEY = ["image", "model", "weights", "method", "layer", "params", "target_request"]
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -47,3 +47,19 @@ class Manifest:
 
     def write(self) -> None:
         atomic_write(self.path, self.frame().to_csv(index=False).encode())
+
+    def completed(self, key: dict[str, Any], layers, folder: Path) -> bool:
+        """Whether every layer of an item has an ``ok`` row whose files exist with their sha256."""
+        from .files import file_sha256
+
+        for layer in layers:
+            want = _key({**key, "layer": layer})
+            rows = [r for r in self.rows if _key(r) == want and r.get("status") == "ok"]
+            if not rows:
+                return False
+            for col, rel in rows[-1].items():
+                if col.startswith("file_") and isinstance(rel, str):
+                    path = folder / rel
+                    if not path.is_file() or file_sha256(path) != rows[-1].get("sha256_" + col[5:]):
+                        return False
+        return True

@@ -1,7 +1,6 @@
 """Model loaders named by ``_target_`` in ``conf/model/*.yaml``; each returns a ``LoadedModel``."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, unknown
+from .files import file_sha256
 
 OFFLINE_HINT = "or run offline with model=efficientnet_lite0 (embedded weights) or model.weights=null (random init)"
 
@@ -29,12 +29,6 @@ class LoadedModel:
         return self.class_names[index] if index < len(self.class_names) else str(index)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def imagenet_classes() -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -12,7 +13,7 @@ from hydra.utils import get_method as import_callable
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ImageConfig, ModelConfig, check_keys
-from .errors import ConfigError
+from .errors import ConfigError, unknown
 from .hooks import capture_outputs, model_state_kept
 from .imaging import ImageSource, check_preprocess, sources_from_config, unique_names
 from .layers import resolve_layer
@@ -35,6 +36,7 @@ class Plan:
     num_classes: int
     seed: int
     render: Any
+    resume: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,7 +71,22 @@ def build_methods(cfg_methods: DictConfig) -> tuple[dict[str, Method], dict[str,
     return methods, layers
 
 
+_MODELS: dict[str, LoadedModel] = {}
+
+
 def load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
+    """The model a config names; cached in-process, so the jobs of a basic-launcher multirun and
+    the items of a job load it once."""
+    key = json.dumps([OmegaConf.to_container(cfg_model, resolve=True), seed], sort_keys=True, default=str)
+    if key in _MODELS:
+        log.info("reusing the cached model %s (%s)", cfg_model.arch, cfg_model.weights)
+        return _MODELS[key]
+    _MODELS.clear()  # one model in memory at a time
+    _MODELS[key] = _load_model(cfg_model, seed)
+    return _MODELS[key]
+
+
+def _load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
     loader = import_callable(cfg_model._target_)
     accepted = inspect.signature(loader).parameters
     given = {"arch": cfg_model.arch, "weights": cfg_model.weights, "path": cfg_model.path, "library": cfg_model.library, "seed": seed}
@@ -77,15 +94,39 @@ def load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
     return loader(**{k: v for k, v in given.items() if k in accepted and (v is not None or k == "weights")})
 
 
-def parse_layers(layer: Any, model: LoadedModel, default: Optional[str]) -> list[str]:
+def expand_layer_pattern(pattern: str, model: LoadedModel) -> Optional[list[str]]:
+    """``all`` (every leaf module) or ``type:<Class>`` (modules of that class or a subclass), in
+    model order; ``None`` when ``pattern`` is a plain layer name."""
+    modules = [(n, m) for n, m in model.module.named_modules() if n]
+    if pattern == "all":
+        return [n for n, m in modules if not list(m.children())]
+    if pattern.startswith("type:"):
+        wanted = pattern[5:]
+        found = [n for n, m in modules if any(c.__name__ == wanted for c in type(m).__mro__)]
+        if not found:
+            kinds = sorted({type(m).__name__ for _, m in modules})
+            raise unknown("module type", "layer=type:<Class>", wanted, kinds)
+        return found
+    return None
+
+
+def parse_layers(layer: Any, model: LoadedModel, default: Optional[str]) -> tuple[list[str], bool]:
+    """Layer names, and whether a pattern (all, type:X) produced them."""
     if layer is None:
         if not default:
             raise ConfigError(f"layer is not set and model {model.name} has no default_layer: set layer=<dotted module name>")
-        return [default]
-    layers = [str(v) for v in layer] if OmegaConf.is_list(layer) or isinstance(layer, (list, tuple)) else [str(layer)]
-    for name in layers:
-        resolve_layer(model.module, name, model.name)
-    return list(dict.fromkeys(layers))
+        return [default], False
+    requested = [str(v) for v in layer] if OmegaConf.is_list(layer) or isinstance(layer, (list, tuple)) else [str(layer)]
+    layers, expanded = [], False
+    for name in requested:
+        names = expand_layer_pattern(name, model)
+        if names is None:
+            resolve_layer(model.module, name, model.name)
+            names = [name]
+        else:
+            expanded = True
+        layers.extend(names)
+    return list(dict.fromkeys(layers)), expanded
 
 
 def parse_targets(target: Any, num_classes: int) -> list[Any]:
@@ -105,8 +146,10 @@ def parse_targets(target: Any, num_classes: int) -> list[Any]:
     return list(dict.fromkeys(out))
 
 
-def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], methods: dict[str, Method], pre, device) -> int:
-    """One forward on a blank input: layer output shapes for the CAM methods, and the class count."""
+def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], expanded: set[str], methods: dict[str, Method],
+                 pre, device) -> int:
+    """One forward on a blank input: layer output shapes for the CAM methods, and the class count.
+    Layers from a pattern are narrowed (in place) to those a method can use; named ones must fit."""
     size = int(pre.input_size)
     every = list(dict.fromkeys(name for names in layers.values() for name in names))
     with model_state_kept(plan_model.module), capture_outputs(plan_model.module, every) as out, torch.no_grad():
@@ -114,6 +157,11 @@ def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], methods:
     if logits.ndim != 2:
         raise ConfigError(f"model {plan_model.name} returns shape {tuple(logits.shape)}; cnnviz expects (B, classes) logits")
     for name, m in methods.items():
+        if name in expanded:
+            layers[name] = [l for l in layers[name] if l in out and (m.kind != "cam" or out[l].ndim == 4)]
+            if not layers[name]:
+                raise ConfigError(f"layer: the pattern matched no layer that {name} can use (it needs (B, C, H, W) outputs)")
+            log.info("%s: layer pattern expanded to %d layers", name, len(layers[name]))
         for layer in layers[name]:
             if layer not in out:
                 raise ConfigError(f"layer '{layer}' never ran in the forward pass of {plan_model.name}")
@@ -149,10 +197,15 @@ def build_plan(cfg: DictConfig) -> Plan:
     model.module.to(device)
     for m in methods.values():
         m.check(model.module)
-    layers = {
-        name: parse_layers(method_layers.get(name, cfg.layer), model, cfg.model.default_layer) if m.needs_layer else []
-        for name, m in methods.items()
-    }
-    num_classes = probe_layers(model, layers, methods, cfg.model.preprocess, device)
+    layers, expanded = {}, set()
+    for name, m in methods.items():
+        if m.needs_layer:
+            layers[name], pattern = parse_layers(method_layers.get(name, cfg.layer), model, cfg.model.default_layer)
+            if pattern:
+                expanded.add(name)
+        else:
+            layers[name] = []
+    num_classes = probe_layers(model, layers, expanded, methods, cfg.model.preprocess, device)
     targets = parse_targets(cfg.target, num_classes)
-    return Plan(device, model, cfg.model.preprocess, methods, layers, targets, unique_names(images), num_classes, int(cfg.seed), cfg.render)
+    return Plan(device, model, cfg.model.preprocess, methods, layers, targets, unique_names(images), num_classes,
+                int(cfg.seed), cfg.render, bool(cfg.resume))

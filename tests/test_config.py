@@ -147,7 +147,9 @@ def test_model_weights_null_composes():
 def test_hydra_does_not_change_directory():
     cfg = compose_cfg(return_hydra_config=True)
     assert cfg.hydra.job.chdir is False
-    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.num}"
+    # readable, stable job folders: a resumed sweep finds its jobs again
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.override_dirname}"
+    assert "resume" in cfg.hydra.job.config.override_dirname.exclude_keys
 
 
 def test_defaults():

@@ -3,16 +3,19 @@ arXiv:1311.2901), as a backward rule.
 
 At every ReLU-family module the backward pass is max(grad_out, 0), whatever the sign of the forward
 input; max-pool switches and transposed convolutions are autograd's own backward of the pooling and
-convolution layers. ``only_under`` restricts the rule to one sub-module.
+convolution layers. ``only_under`` restricts the rule to one sub-module. On a network without
+ReLU-family modules the rule changes nothing and deconvnet is the plain gradient (the row's
+warnings say so).
 
 Example::
 
     attr = get_method("deconvnet")()(model, x, target=56)
 """
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from ..hooks import relu_rule
+from ..hooks import relu_modules, relu_rule
 from ..registry import register
 from .base import GradientMethod
 
@@ -24,4 +27,10 @@ class Deconvnet(GradientMethod):
     only_under: Optional[str] = None
 
     def backward_rule(self, model):
-        return relu_rule(model, "deconvnet", self.only_under, method=self.name)
+        return relu_rule(model, "deconvnet", self.only_under, method=self.name, required=False)
+
+    def attribute(self, model, x, target, layer):
+        attr = super().attribute(model, x, target, layer)
+        if relu_modules(model, self.only_under):
+            return attr
+        return dataclasses.replace(attr, warnings=attr.warnings + ("no ReLU-family modules: deconvnet equals the gradient",))

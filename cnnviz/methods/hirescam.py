@@ -2,7 +2,8 @@
 
     map = ReLU(Σ_k dY/dA_k ⊙ A_k)
 
-Equals Grad-CAM (times h·w) when the gradient is spatially constant, e.g. a GAP -> linear head.
+Equals Grad-CAM when the gradient is spatially constant (e.g. a GAP -> linear head): then
+Σ_k g_k A_k summed element-wise and Σ_k mean(g_k) A_k are the same sum.
 
 Example::
 

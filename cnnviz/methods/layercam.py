@@ -37,9 +37,10 @@ class LayerCAM(CAMMethod):
             return maps
         size = tuple(x.shape[-2:])
         fused = fuse_layer_maps([torch.from_numpy(a.values) for a in maps], size, self.gamma).numpy()
+        warnings = () if fused.any() else (f"{self.name} fused map is all zero",)
         return maps + [
             Attribution(
                 method=self.name, values=fused, logits=maps[0].logits, target=maps[0].target, layer=FUSED,
-                upsampled=fused, params=self.params(),
+                upsampled=fused, params=self.params(), warnings=warnings,
             )
         ]

@@ -1,0 +1,129 @@
+"""``index.html`` and ``contact_sheet.png``: the rows of a manifest as a grid of pictures.
+
+Rows are images, columns are method × layer (× target); the first column is the input. Knows rows
+and files only, never techniques.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .files import atomic_write
+
+#: Which picture of a row stands for it, in order of preference.
+PREFERRED = ("file_cam_on_image", "file_lrp_heatmap", "file_gray", "file_color")
+
+
+def _text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def cell_file(row: pd.Series) -> Optional[str]:
+    for col in PREFERRED:
+        if col in row and isinstance(row[col], str):
+            return row[col]
+    return None
+
+
+def caption(row: pd.Series) -> str:
+    if row.get("status") != "ok":
+        return f"error: {_text(row.get('error'))}"
+    parts = []
+    if _text(row.get("target")):
+        prob = row.get("target_prob")
+        parts.append(f"target {int(row['target'])} {_text(row.get('target_name'))}" + (f" p={prob:.3f}" if pd.notna(prob) else ""))
+    if _text(row.get("predicted")):
+        parts.append(f"predicted {int(row['predicted'])} {_text(row.get('predicted_name'))} p={row['predicted_prob']:.3f}")
+    return "; ".join(parts)
+
+
+def grid(frame: pd.DataFrame) -> tuple[list[str], list[tuple], dict]:
+    """Images, column keys (method, layer, target request) and ``{(image, key): row}``."""
+    frame = frame.copy()
+    for col in ("layer", "target_request", "job"):
+        if col not in frame:
+            frame[col] = ""
+    frame = frame.fillna({"layer": "", "target_request": "", "job": ""})
+    images = list(dict.fromkeys(frame["image"]))
+    columns = list(dict.fromkeys(zip(frame["method"], frame["layer"], frame["target_request"], frame["job"])))
+    cells = {(r["image"], (r["method"], r["layer"], r["target_request"], r["job"])): r for _, r in frame.iterrows()}
+    return images, columns, cells
+
+
+def column_title(key: tuple) -> str:
+    method, layer, target, job = key
+    return " ".join(p for p in (method, f"@ {layer}" if layer else "", f"target {target}" if target not in ("", "default") else "",
+                                f"[{job}]" if job else "") if p)
+
+
+def index_html(frame: pd.DataFrame) -> str:
+    images, columns, cells = grid(frame)
+    head = "".join(f"<th>{html.escape(column_title(k))}</th>" for k in columns)
+    body = []
+    for image in images:
+        first = next((r for (i, _), r in cells.items() if i == image), None)
+        src = first.get("file_input") if first is not None else None
+        tds = [f"<th>{html.escape(image)}<br>" + (f'<img src="{html.escape(src)}" alt="{html.escape(image)}">' if isinstance(src, str) else "") + "</th>"]
+        for key in columns:
+            row = cells.get((image, key))
+            if row is None:
+                tds.append("<td></td>")
+                continue
+            f = cell_file(row)
+            pic = f'<img src="{html.escape(f)}" alt="{html.escape(column_title(key))}">' if f and row.get("status") == "ok" else ""
+            tds.append(f"<td>{pic}<div class=cap>{html.escape(caption(row))}</div></td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>cnnviz gallery</title>
+<style>body{{font-family:sans-serif;font-size:12px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} img{{width:180px;height:auto;display:block;margin:auto}}
+.cap{{max-width:180px}}</style></head>
+<body><h1>cnnviz gallery</h1><p>{len(frame)} item(s); rows: images, columns: method @ layer</p>
+<table><tr><th>input</th>{head}</tr>
+{chr(10).join(body)}
+</table></body></html>
+"""
+
+
+def contact_sheet(frame: pd.DataFrame, folder: Path) -> bytes:
+    """The same grid as a matplotlib figure (PNG bytes)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    images, columns, cells = grid(frame)
+    fig, axes = plt.subplots(len(images), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.4 * len(images)), squeeze=False)
+    for r, image in enumerate(images):
+        for c in range(len(columns) + 1):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c == 0:
+                first = next((row for (i, _), row in cells.items() if i == image), None)
+                f, title = (first.get("file_input") if first is not None else None), image
+            else:
+                row = cells.get((image, columns[c - 1]))
+                f = cell_file(row) if row is not None and row.get("status") == "ok" else None
+                title = column_title(columns[c - 1]) if r == 0 else ""
+            if isinstance(f, str) and (folder / f).is_file():
+                ax.imshow(np.asarray(Image.open(folder / f).convert("RGB")))
+            ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_gallery(folder: Path, frame: pd.DataFrame) -> None:
+    if frame.empty:
+        return
+    atomic_write(folder / "index.html", index_html(frame).encode())
+    atomic_write(folder / "contact_sheet.png", contact_sheet(frame, folder))
