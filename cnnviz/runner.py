@@ -52,6 +52,8 @@ def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
     atomic_write(out_dir / "env.json", json.dumps(env, indent=2).encode())
     manifest = Manifest(out_dir / "manifest.csv")
     units = units_of(plan)
+    planned = sum(len(u.layers) or 1 for u in units)
+    atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": len(units)}).encode())
     options = RenderOptions(plan.render.colormap, float(plan.render.alpha))
     with_target = len(plan.targets) > 1
     loaded: dict[int, Any] = {}

@@ -1,0 +1,48 @@
+"""Count done / failed / pending items of a run or sweep folder, running or interrupted:
+`python scripts/status.py SWEEP_DIR`."""
+import json
+import sys
+from itertools import product
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+def planned_jobs(sweep: Path) -> int | None:
+    """Jobs a multirun asked for, from the sweep overrides in multirun.yaml."""
+    path = sweep / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task", [])
+    sizes = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if o.is_sweep_override():
+            sizes.append(len(list(o.sweep_iterator())))
+    return len(list(product(*[range(n) for n in sizes]))) if sizes else 1
+
+
+def main(folder: Path) -> None:
+    jobs = sorted({p.parent for p in folder.rglob("progress.json")})
+    totals = {"done": 0, "failed": 0, "pending": 0}
+    print(f"{'job':<70}{'done':>6}{'failed':>8}{'pending':>9}")
+    for job in jobs:
+        planned = json.loads((job / "progress.json").read_text())["planned_rows"]
+        rows = pd.read_csv(job / "manifest.csv") if (job / "manifest.csv").is_file() else pd.DataFrame({"status": []})
+        done, failed = int((rows.status == "ok").sum()), int((rows.status == "error").sum())
+        pending = max(planned - done - failed, 0)
+        for k, v in zip(totals, (done, failed, pending)):
+            totals[k] += v
+        print(f"{str(job.relative_to(folder)) or '.':<70}{done:>6}{failed:>8}{pending:>9}")
+    expected = planned_jobs(folder)
+    not_started = max((expected or len(jobs)) - len(jobs), 0)
+    print(f"total: {totals['done']} done, {totals['failed']} failed, {totals['pending']} pending"
+          f"; {len(jobs)} job(s) started" + (f", {not_started} not started" if not_started else ""))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+        sys.exit("usage: python scripts/status.py RUN_OR_SWEEP_DIR")
+    main(Path(sys.argv[1]))
