@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -29,6 +30,7 @@ from .files import atomic_write, npy_bytes, png_bytes
 from .imaging import preprocess, read_image, safe_name, to_rgb
 from .manifest import Manifest
 from .methods.base import Method
+from .passes import shared_passes
 from .registry import get_method
 from .targets import Target
 
@@ -56,6 +58,44 @@ def compute(method: Method, model: nn.Module, x: torch.Tensor, target: Target, l
     if method.needs_layer:
         return method.attribute_layers(model, x, target, list(layers))
     return [method(model, x, target)]
+
+
+def compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor, target: Target,
+                  layers: dict[str, Sequence[str]]) -> dict[str, tuple[Union[list[Attribution], Exception], float]]:
+    """Several techniques on one image and target, sharing their gradient passes: one pass per
+    backward rule serves every technique that asks for it (vanilla, input x gradient and every
+    gradient CAM at every layer from one plain pass; guided backprop and guided Grad-CAM from one
+    guided pass). Per technique: its Attributions (or the exception) and its share of the time in
+    milliseconds. The results equal those of calling each technique on its own."""
+    requests = {name: m.pass_requests(layers[name]) for name, m in methods.items()}
+    by_rule: dict[tuple, list] = {}
+    for reqs in requests.values():
+        for r in reqs:
+            by_rule.setdefault(r.rule, []).append(r)
+    passes: dict[tuple, Any] = {}
+    pass_ms: dict[tuple, float] = {}
+    for rule, reqs in by_rule.items():
+        start = time.perf_counter()
+        try:
+            passes.update(shared_passes(model, x, target, reqs))
+        except Exception as e:  # every technique that needs this pass reports it
+            passes[rule] = e
+        pass_ms[rule] = (time.perf_counter() - start) * 1000.0
+    users = {rule: sum(any(r.rule == rule for r in reqs) for reqs in requests.values()) for rule in by_rule}
+    out: dict[str, tuple[Union[list[Attribution], Exception], float]] = {}
+    for name, m in methods.items():
+        start = time.perf_counter()
+        rules = list(dict.fromkeys(r.rule for r in requests[name]))
+        shared_ms = sum(pass_ms[rule] / users[rule] for rule in rules)
+        try:
+            failed = [passes[rule] for rule in rules if isinstance(passes[rule], Exception)]
+            if failed:
+                raise failed[0]
+            result = m.from_passes(model, x, target, layers[name], passes) if rules else compute(m, model, x, target, layers[name])
+        except Exception as e:
+            result = e
+        out[name] = (result, shared_ms + (time.perf_counter() - start) * 1000.0)
+    return out
 
 
 def stem(image: str, method: str, layer: Optional[str], target: Optional[int], with_target: bool) -> str:

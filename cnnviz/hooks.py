@@ -120,7 +120,7 @@ def relu_rule(model: nn.Module, rule: str, only_under: Optional[str] = None, met
     if not found and required:
         where = f" under '{only_under}'" if only_under else ""
         raise ConfigError(
-            f"{method or rule} rewrites the backward pass of ReLU-family modules (nn.ReLU, nn.ReLU6), "
+            f"{method or {'guided': 'guided backprop', 'deconvnet': 'deconvnet'}.get(rule, rule)} rewrites the backward pass of ReLU-family modules (nn.ReLU, nn.ReLU6), "
             f"but the model has none{where}; functional relu calls cannot be rewritten. "
             "Use a gradient method such as vanilla_backprop, or a model built from nn.ReLU modules"
         )

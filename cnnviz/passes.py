@@ -9,8 +9,18 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .hooks import capture_outputs, model_state_kept
+from .hooks import capture_outputs, model_state_kept, relu_rule
 from .targets import Target, class_indices, target_score
+
+
+@dataclass(frozen=True)
+class PassRequest:
+    """What a technique needs from a shared gradient pass: the backward rule, ``("plain",)`` or
+    ``(relu rule, only_under)``, the layers whose gradients it reads, and the input gradient."""
+
+    rule: tuple = ("plain",)
+    layers: tuple[str, ...] = ()
+    input_gradient: bool = False
 
 
 @dataclass
@@ -91,3 +101,21 @@ def target_scores(target: Target, logits: torch.Tensor, indices: Sequence[int]) 
         return target(logits).reshape(-1)
     idx = torch.as_tensor(list(indices), device=logits.device).reshape(-1, 1).expand(logits.shape[0], 1)
     return logits.gather(1, idx)[:, 0]
+
+
+def rule_context(model: nn.Module, rule: tuple) -> Optional[ContextManager]:
+    if rule[0] == "plain":
+        return None
+    return relu_rule(model, rule[0], rule[1], required=rule[0] != "deconvnet")
+
+
+def shared_passes(model: nn.Module, x: torch.Tensor, target: Target, requests: Sequence[PassRequest]) -> dict[tuple, Pass]:
+    """One gradient pass per backward rule, serving the union of the requests' layers and inputs."""
+    merged: dict[tuple, tuple[list[str], bool]] = {}
+    for r in requests:
+        layers, wants_input = merged.get(r.rule, ([], False))
+        merged[r.rule] = (layers + [l for l in r.layers if l not in layers], wants_input or r.input_gradient)
+    return {
+        rule: gradient_pass(model, x, target, layers=layers, input_gradient=wants_input, rule=rule_context(model, rule))
+        for rule, (layers, wants_input) in merged.items()
+    }

@@ -171,3 +171,11 @@ def zb_relevance(module: nn.Module, x: torch.Tensor, out: torch.Tensor, g: torch
         s = (out * g / stabilise(zb, 0.0)).detach()
         grads = torch.autograd.grad([z for _, z in terms], [t for t, _ in terms], grad_outputs=[s, s, s])
     return x * grads[0] - low * grads[1] - high * grads[2]
+
+
+@contextmanager
+def layer_input(module: nn.Module) -> Iterator[list]:
+    """Record the input of ``module`` during the ``with`` block (the last call's)."""
+    seen: list = []
+    with removing([module.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))]):
+        yield seen

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from .envinfo import environment
-from .explain import Explanation, RenderOptions, compute
+from .explain import Explanation, RenderOptions, compute_group
 from .files import atomic_write
 from .gallery import write_gallery
 from .imaging import preprocess
@@ -56,45 +56,41 @@ def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
     atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": len(units)}).encode())
     options = RenderOptions(plan.render.colormap, float(plan.render.alpha))
     with_target = len(plan.targets) > 1
-    loaded: dict[int, Any] = {}
+    groups = list(dict.fromkeys((u.image, u.target) for u in units))
     skipped = 0
     log.info("%d calls: %d image(s) x %d method(s) x %d target(s), model %s",
              len(units), len(plan.images), len(plan.methods), len(plan.targets), plan.model.name)
-    for unit in tqdm(units, desc="cnnviz", unit="call", disable=None):
-        src = plan.images[unit.image]
-        method = plan.methods[unit.method]
-        base = {"image": src.name, "model": plan.model.name, "weights": plan.model.weights, "method": unit.method,
-                "params": method.params(), "target_request": unit.target_request}
-        if plan.resume and manifest.completed(base, unit.layers or (None,), out_dir):
-            skipped += 1
-            continue
-        start = time.perf_counter()
-        try:
-            if unit.image not in loaded:
-                loaded = {unit.image: _load(src, plan)}  # one image in memory at a time
-            if isinstance(loaded[unit.image], Exception):
-                raise loaded[unit.image]
-            sha, x, picture = loaded[unit.image]
-            target = src.default_target if unit.target is None else unit.target
-            target = None if target == "top1" else target
-            torch.manual_seed(plan.seed)
-            attrs = compute(method, plan.model.module, x, target, unit.layers)
-            share = (time.perf_counter() - start) * 1000.0 / len(attrs)
-            meta = {"image_sha256": sha, "model": plan.model.name, "weights": plan.model.weights,
-                    "target_request": unit.target_request, "duration_ms": round(share, 1)}
-            ex = Explanation(src.name, picture, attrs, method.renders, plan.model.class_names, meta)
-            for row in ex.rows(out_dir, options, with_target):
-                manifest.add(row)
-                log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", src.name, unit.method,
-                         f" @ {row['layer']}" if row["layer"] else "", row["target"], row["target_name"],
-                         row["target_prob"] if row["target_prob"] is not None else float("nan"), share)
-        except Exception as e:  # recorded, logged, and the remaining calls still run
-            error = f"{type(e).__name__}: {e}"
-            log.error("%s / %s failed: %s", src.name, unit.method, error)
-            duration = round((time.perf_counter() - start) * 1000.0, 1)
-            for layer in unit.layers or (None,):
-                manifest.add({**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
-                              "status": "error", "error": error, "duration_ms": duration})
+    progress = tqdm(total=len(units), desc="cnnviz", unit="call", disable=None)
+    for image_index in dict.fromkeys(i for i, _ in groups):
+        src = plan.images[image_index]
+        loaded = _load(src, plan)  # one image in memory at a time
+        for target_request in [t for i, t in groups if i == image_index]:
+            todo = [u for u in units if u.image == image_index and u.target == target_request]
+            base = {u.method: {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
+                               "method": u.method, "params": plan.methods[u.method].params(),
+                               "target_request": u.target_request} for u in todo}
+            if plan.resume:
+                done = [u for u in todo if manifest.completed(base[u.method], u.layers or (None,), out_dir)]
+                skipped += len(done)
+                progress.update(len(done))
+                todo = [u for u in todo if u not in done]
+            if not todo:
+                continue
+            start = time.perf_counter()
+            if isinstance(loaded, Exception):
+                results = {u.method: (loaded, 0.0) for u in todo}
+            else:
+                sha, x, picture = loaded
+                target = src.default_target if target_request is None else target_request
+                torch.manual_seed(plan.seed)
+                results = compute_group({u.method: plan.methods[u.method] for u in todo}, plan.model.module, x,
+                                        None if target == "top1" else target, {u.method: u.layers for u in todo})
+            for unit in todo:
+                result, ms = results[unit.method]
+                _record(manifest, unit, base[unit.method], result, ms, loaded, src, plan, out_dir, options, with_target)
+                progress.update(1)
+            log.debug("group %s / target %s: %.0f ms", src.name, target_request, (time.perf_counter() - start) * 1000)
+    progress.close()
     frame = manifest.frame()
     write_gallery(out_dir, frame)
     failed = int((frame["status"] == "error").sum())
@@ -102,6 +98,30 @@ def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
         log.info("resume: %d call(s) already complete, skipped", skipped)
     log.info("done: %d ok, %d failed; outputs in %s", len(frame) - failed, failed, out_dir)
     return frame
+
+
+def _record(manifest: Manifest, unit: Unit, base: dict, result, ms: float, loaded, src, plan: Plan, out_dir: Path,
+            options: RenderOptions, with_target: bool) -> None:
+    """Write one technique's files and rows, or its error rows; never raises for the item."""
+    try:
+        if isinstance(result, Exception):
+            raise result
+        sha, _, picture = loaded
+        share = ms / len(result)
+        meta = {"image_sha256": sha, "model": plan.model.name, "weights": plan.model.weights,
+                "target_request": unit.target_request, "duration_ms": round(share, 1)}
+        ex = Explanation(src.name, picture, result, plan.methods[unit.method].renders, plan.model.class_names, meta)
+        for row in ex.rows(out_dir, options, with_target):
+            manifest.add(row)
+            log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", src.name, unit.method,
+                     f" @ {row['layer']}" if row["layer"] else "", row["target"], row["target_name"],
+                     row["target_prob"] if row["target_prob"] is not None else float("nan"), share)
+    except Exception as e:  # recorded, logged, and the remaining items still run
+        error = f"{type(e).__name__}: {e}"
+        log.error("%s / %s failed: %s", src.name, unit.method, error)
+        for layer in unit.layers or (None,):
+            manifest.add({**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
+                          "status": "error", "error": error, "duration_ms": round(ms, 1)})
 
 
 def _load(src, plan: Plan):

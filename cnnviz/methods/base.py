@@ -10,7 +10,7 @@ from torch import nn
 from ..attribution import Attribution
 from ..errors import ConfigError
 from ..maps import to_numpy, upsample
-from ..passes import Pass, activation_pass, gradient_pass
+from ..passes import Pass, PassRequest, activation_pass, rule_context, shared_passes
 from ..targets import Target
 
 
@@ -47,13 +47,27 @@ class Method:
         """One Attribution per layer; techniques that can share their passes across layers override this."""
         return [self(model, x, target, layer=layer) for layer in layers]
 
+    def pass_requests(self, layers: Sequence[str]) -> list[PassRequest]:
+        """The gradient passes this technique can take from a computation shared with others;
+        empty when it computes on its own."""
+        return []
+
+    def from_passes(self, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str],
+                    passes: dict[tuple, Pass]) -> list[Attribution]:
+        """The Attributions, from the passes named by ``pass_requests``."""
+        raise NotImplementedError
+
 
 @dataclasses.dataclass
 class GradientMethod(Method):
-    """Input-space gradient of the target score, optionally under a backward rule."""
+    """Input-space gradient of the target score, optionally under a backward rule on ReLUs."""
+
+    def rule(self) -> tuple:
+        """``("plain",)`` or ``(relu rule, only_under)``, see ``passes.rule_context``."""
+        return ("plain",)
 
     def backward_rule(self, model: nn.Module) -> Optional[ContextManager]:
-        return None
+        return rule_context(model, self.rule())
 
     def check(self, model):
         rule = self.backward_rule(model)
@@ -61,15 +75,16 @@ class GradientMethod(Method):
             with rule:
                 pass
 
+    def pass_requests(self, layers):
+        return [PassRequest(self.rule(), (), True)] if type(self).attribute is GradientMethod.attribute else []
+
+    def from_passes(self, model, x, target, layers, passes):
+        p = passes[self.rule()]
+        return [Attribution(method=self.name, values=to_numpy(p.input_gradient), logits=to_numpy(p.logits),
+                            target=p.target, params=self.params())]
+
     def attribute(self, model, x, target, layer):
-        p = gradient_pass(model, x, target, rule=self.backward_rule(model))
-        return Attribution(
-            method=self.name,
-            values=to_numpy(p.input_gradient),
-            logits=to_numpy(p.logits),
-            target=p.target,
-            params=self.params(),
-        )
+        return self.from_passes(model, x, target, [], shared_passes(model, x, target, self.pass_requests([])))[0]
 
 
 def require_4d(layer: str, t: torch.Tensor, method: str) -> None:
@@ -109,10 +124,15 @@ class CAMMethod(Method):
 
     def attribute_layers(self, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str]) -> list[Attribution]:
         if self.uses_gradients:
-            p = gradient_pass(model, x, target, layers=layers, input_gradient=False)
-            return self.finish_all(model, x, p, layers, target)
+            return self.from_passes(model, x, target, layers, shared_passes(model, x, target, self.pass_requests(layers)))
         with torch.inference_mode():
             return self.finish_all(model, x, activation_pass(model, x, target, layers=layers), layers, target)
+
+    def pass_requests(self, layers):
+        return [PassRequest(("plain",), tuple(layers), False)] if self.uses_gradients else []
+
+    def from_passes(self, model, x, target, layers, passes):
+        return self.finish_all(model, x, passes[("plain",)], layers, target)
 
     def finish_all(self, model, x, p: Pass, layers: Sequence[str], target: Target) -> list[Attribution]:
         for layer in layers:

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from ..hooks import relu_modules, relu_rule
+from ..hooks import relu_modules
 from ..registry import register
 from .base import GradientMethod
 
@@ -26,11 +26,12 @@ class Deconvnet(GradientMethod):
     renders = ("color", "gray", "pos_sal", "neg_sal")
     only_under: Optional[str] = None
 
-    def backward_rule(self, model):
-        return relu_rule(model, "deconvnet", self.only_under, method=self.name, required=False)
+    def rule(self):
+        return ("deconvnet", self.only_under)
 
-    def attribute(self, model, x, target, layer):
-        attr = super().attribute(model, x, target, layer)
+    def from_passes(self, model, x, target, layers, passes):
+        attrs = super().from_passes(model, x, target, layers, passes)
         if relu_modules(model, self.only_under):
-            return attr
-        return dataclasses.replace(attr, warnings=attr.warnings + ("no ReLU-family modules: deconvnet equals the gradient",))
+            return attrs
+        return [dataclasses.replace(a, warnings=a.warnings + ("no ReLU-family modules: deconvnet equals the gradient",))
+                for a in attrs]

@@ -22,6 +22,7 @@ from ..attribution import Attribution
 from ..errors import unknown
 from ..inputspace import stats
 from ..maps import to_numpy
+from ..passes import shared_passes
 from ..registry import register
 from .base import GradientMethod
 from .guided_backprop import GuidedBackprop
@@ -53,9 +54,20 @@ class GradTimesImage(GradientMethod):
     def check(self, model):
         self.inner().check(model)
 
+    def pass_requests(self, layers):
+        inner = self.inner()
+        return [] if self.base == "integrated" else inner.pass_requests([])
+
     def attribute(self, model, x, target, layer):
         inner = self.inner()
-        attr = inner(model, x, target)
+        if self.base == "integrated":
+            return self.finish(x, inner(model, x, target))
+        return self.from_passes(model, x, target, [], shared_passes(model, x, target, self.pass_requests([])))[0]
+
+    def from_passes(self, model, x, target, layers, passes):
+        return [self.finish(x, self.inner().from_passes(model, x, target, [], passes)[0])]
+
+    def finish(self, x, attr: Attribution) -> Attribution:
         if self.base == "integrated":
             values = attr.values
         elif self.space == "normalized":

@@ -11,7 +11,6 @@ Example::
 from dataclasses import dataclass
 from typing import Optional
 
-from ..hooks import guided_relus
 from ..registry import register
 from .base import GradientMethod
 
@@ -22,5 +21,5 @@ class GuidedBackprop(GradientMethod):
     renders = ("color", "gray", "pos_sal", "neg_sal")
     only_under: Optional[str] = None
 
-    def backward_rule(self, model):
-        return guided_relus(model, self.only_under, method=self.name)
+    def rule(self):
+        return ("guided", self.only_under)

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from ..attribution import Attribution
+from ..passes import shared_passes
 from ..registry import register
 from .base import Method
 from .gradcam import GradCAM
@@ -30,9 +31,16 @@ class GuidedGradCAM(Method):
     def attribute(self, model, x, target, layer):
         return self.attribute_layers(model, x, target, [layer])[0]
 
+    def pass_requests(self, layers):
+        # every layer's Grad-CAM from one plain pass, the guided gradient from one guided pass
+        return GradCAM().pass_requests(layers) + GuidedBackprop(only_under=self.only_under).pass_requests([])
+
     def attribute_layers(self, model, x, target, layers):
-        cams = GradCAM().attribute_layers(model, x, target, layers)  # every layer from one pass
-        guided = GuidedBackprop(only_under=self.only_under)(model, x, list(cams[0].target) or target)
+        return self.from_passes(model, x, target, layers, shared_passes(model, x, target, self.pass_requests(layers)))
+
+    def from_passes(self, model, x, target, layers, passes):
+        cams = GradCAM().from_passes(model, x, target, layers, passes)
+        guided = GuidedBackprop(only_under=self.only_under).from_passes(model, x, target, [], passes)[0]
         return [
             Attribution(
                 method=self.name,

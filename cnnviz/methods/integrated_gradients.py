@@ -93,7 +93,8 @@ class IntegratedGradients(GradientMethod):
         if self.baseline == "zero":
             return torch.zeros_like(x)
         if self.baseline == "blur":
-            radius = max(1, int(round(3 * self.blur_sigma)))
+            # 3 sigma, but reflect padding needs the kernel radius below the image size
+            radius = max(1, min(int(round(3 * self.blur_sigma)), min(x.shape[-2:]) - 1))
             return TF.gaussian_blur(x, [2 * radius + 1] * 2, [float(self.blur_sigma)] * 2)
         low, high = pixel_bounds(x, self.input_mean, self.input_std)
         if self.baseline == "black":

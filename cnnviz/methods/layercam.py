@@ -31,8 +31,8 @@ class LayerCAM(CAMMethod):
     def combine(self, activations, gradients):
         return (gradients.clamp(min=0) * activations).sum(dim=1)
 
-    def attribute_layers(self, model, x, target, layers):
-        maps = super().attribute_layers(model, x, target, layers)
+    def from_passes(self, model, x, target, layers, passes):
+        maps = super().from_passes(model, x, target, layers, passes)
         if not self.fuse or len(maps) < 2:
             return maps
         size = tuple(x.shape[-2:])

@@ -21,6 +21,7 @@ Example::
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Optional
 
@@ -33,7 +34,7 @@ from ..inputspace import pixel_bounds
 from ..maps import to_numpy
 from ..passes import gradient_pass
 from ..registry import register
-from ..relevance import LINEAR, check_supported, fold_batchnorms, private_copy, relevance_rules, zb_relevance
+from ..relevance import LINEAR, check_supported, fold_batchnorms, layer_input, private_copy, relevance_rules, zb_relevance
 from .base import Method
 
 RULES = ("composite", "epsilon", "gamma", "zplus", "zero")
@@ -89,14 +90,20 @@ class LRP(Method):
         if original is not None and not torch.allclose(folded, original, rtol=1e-3, atol=1e-3 * float(original.abs().max())):
             raise ConfigError("lrp: folding BatchNorm into the preceding convolutions changed the model's output; "
                               "this architecture's BatchNorm placement is not supported")
-        p = gradient_pass(net, x, target, layers=[first] if first else [], input_gradient=first is None,
-                          rule=relevance_rules(net, rules, self.epsilon, self.gamma))
+        modules = dict(net.named_modules())
+        with ExitStack() as stack:
+            seen = stack.enter_context(layer_input(modules[first])) if first else []
+            p = gradient_pass(net, x, target, layers=[first] if first else [], input_gradient=first is None,
+                              rule=relevance_rules(net, rules, self.epsilon, self.gamma))
         if first is None:
             relevance = x * p.input_gradient
         else:
-            low, high = pixel_bounds(x, self.input_mean, self.input_std)
-            module = dict(net.named_modules())[first]
-            relevance = zb_relevance(module, x, p.activations[first], p.gradients[first], low, high)
+            a = seen[-1].detach()
+            if a.numel() != x.numel():
+                raise ConfigError(f"lrp: zB bounds the pixels, but the first layer '{first}' sees a tensor of shape "
+                                  f"{tuple(a.shape)}, not the image; use method.lrp.first_layer=same")
+            low, high = (b.reshape(a.shape) for b in pixel_bounds(x, self.input_mean, self.input_std))
+            relevance = zb_relevance(modules[first], a, p.activations[first], p.gradients[first], low, high).reshape(x.shape)
         idx = list(p.target) if p.target else None
         total = relevance.double().sum(dim=(1, 2, 3))
         score = p.logits[torch.arange(len(idx)), idx].double() if idx else None

@@ -82,7 +82,8 @@ class SmoothGrad(Method):
             squares = torch.zeros_like(xb, dtype=torch.float64)
             for start in range(0, self.n_samples, self.batch_size):
                 k = min(self.batch_size, self.n_samples - start)
-                noise = torch.randn((k, *xb.shape[1:]), generator=generator, dtype=xb.dtype).to(xb.device)
+                # one draw per sample: the noise of sample i does not depend on batch_size
+                noise = torch.cat([torch.randn((1, *xb.shape[1:]), generator=generator, dtype=xb.dtype) for _ in range(k)]).to(xb.device)
                 t = target if idx is None else [int(idx[b])] * k
                 g = torch.from_numpy(inner(model, xb + sigma * noise, t).values).double()
                 total += g.sum(dim=0, keepdim=True)
