@@ -45,9 +45,8 @@ def grid(frame: pd.DataFrame) -> tuple[list[str], list[tuple], dict]:
     """Images, column keys (method, layer, target request) and ``{(image, key): row}``."""
     frame = frame.copy()
     for col in ("layer", "target_request", "job"):
-        if col not in frame:
-            frame[col] = ""
-    frame = frame.fillna({"layer": "", "target_request": "", "job": ""})
+        values = frame[col] if col in frame else pd.Series([None] * len(frame), index=frame.index)
+        frame[col] = [v if isinstance(v, str) else ("" if pd.isna(v) else str(v)) for v in values]
     images = list(dict.fromkeys(frame["image"]))
     columns = list(dict.fromkeys(zip(frame["method"], frame["layer"], frame["target_request"], frame["job"])))
     cells = {(r["image"], (r["method"], r["layer"], r["target_request"], r["job"])): r for _, r in frame.iterrows()}

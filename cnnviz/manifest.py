@@ -20,8 +20,14 @@ COLUMNS = [
 KEY = ["image", "model", "weights", "method", "layer", "params", "target_request"]
 
 
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):  # params as the manifest stores them
+        return json.dumps(value, sort_keys=True, default=str)
+    return "" if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)) else str(value)
+
+
 def _key(row: dict[str, Any]) -> tuple:
-    return tuple("" if pd.isna(row.get(k)) else str(row.get(k)) for k in KEY)
+    return tuple(_cell(row.get(k)) for k in KEY)
 
 
 class Manifest:
@@ -48,18 +54,17 @@ class Manifest:
     def write(self) -> None:
         atomic_write(self.path, self.frame().to_csv(index=False).encode())
 
-    def completed(self, key: dict[str, Any], layers, folder: Path) -> bool:
-        """Whether every layer of an item has an ``ok`` row whose files exist with their sha256."""
+    def completed(self, key: dict[str, Any], layer: Any, folder: Path) -> bool:
+        """Whether the item ``key`` at ``layer`` has an ``ok`` row whose files exist with their sha256."""
         from .files import file_sha256
 
-        for layer in layers:
-            want = _key({**key, "layer": layer})
-            rows = [r for r in self.rows if _key(r) == want and r.get("status") == "ok"]
-            if not rows:
-                return False
-            for col, rel in rows[-1].items():
-                if col.startswith("file_") and isinstance(rel, str):
-                    path = folder / rel
-                    if not path.is_file() or file_sha256(path) != rows[-1].get("sha256_" + col[5:]):
-                        return False
+        want = _key({**key, "layer": layer})
+        rows = [r for r in self.rows if _key(r) == want and r.get("status") == "ok"]
+        if not rows:
+            return False
+        for col, rel in rows[-1].items():
+            if col.startswith("file_") and isinstance(rel, str):
+                path = folder / rel
+                if not path.is_file() or file_sha256(path) != rows[-1].get("sha256_" + col[5:]):
+                    return False
         return True

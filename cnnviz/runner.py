@@ -1,6 +1,7 @@
 """Run a plan: every image x method x layer x target, each written as files plus a manifest row."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -48,6 +49,7 @@ def units_of(plan: Plan) -> list[Unit]:
 
 def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     env = environment(str(plan.device), plan.seed, plan.model.weights_sha256)
     atomic_write(out_dir / "env.json", json.dumps(env, indent=2).encode())
     manifest = Manifest(out_dir / "manifest.csv")
@@ -70,10 +72,9 @@ def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
                                "method": u.method, "params": plan.methods[u.method].params(),
                                "target_request": u.target_request} for u in todo}
             if plan.resume:
-                done = [u for u in todo if manifest.completed(base[u.method], u.layers or (None,), out_dir)]
-                skipped += len(done)
-                progress.update(len(done))
-                todo = [u for u in todo if u not in done]
+                todo, done = missing_parts(todo, base, manifest, plan, out_dir)
+                skipped += done
+                progress.update(done)
             if not todo:
                 continue
             start = time.perf_counter()
@@ -95,9 +96,29 @@ def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
     write_gallery(out_dir, frame)
     failed = int((frame["status"] == "error").sum())
     if skipped:
-        log.info("resume: %d call(s) already complete, skipped", skipped)
+        log.info("resume: %d item(s) already complete, skipped", skipped)
     log.info("done: %d ok, %d failed; outputs in %s", len(frame) - failed, failed, out_dir)
     return frame
+
+
+def missing_parts(units: list[Unit], base: dict, manifest: Manifest, plan: Plan, out_dir: Path) -> tuple[list[Unit], int]:
+    """The calls still to do, each narrowed to its unfinished layers, and how many items are done.
+    A technique whose layers are computed jointly (LayerCAM's fusion) is redone whole."""
+    todo, done = [], 0
+    for u in units:
+        missing = [l for l in (u.layers or (None,)) if not manifest.completed(base[u.method], l, out_dir)]
+        done += len(u.layers or (None,)) - len(missing)
+        if not missing:
+            continue
+        joint = getattr(plan.methods[u.method], "fuse", False)
+        todo.append(u if joint or not u.layers else dataclasses.replace(u, layers=tuple(missing)))
+    return todo, done
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files of ``atomic_write`` that a killed run left behind."""
+    for tmp in out_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _record(manifest: Manifest, unit: Unit, base: dict, result, ms: float, loaded, src, plan: Plan, out_dir: Path,
