@@ -70,7 +70,11 @@ def main() -> None:
         fields = {f.name for f in dataclasses.fields(cls)}
         method = cls(**{k: v for k, v in (("input_mean", mean), ("input_std", std)) if k in fields})
         reps = 1 if name in SLOW else args.repeats
-        ms = median_ms(lambda: compute(method, model, x, target, layers), reps)
+        try:
+            ms = median_ms(lambda: compute(method, model, x, target, layers), reps)
+        except Exception as e:  # e.g. cam on a model without a GAP -> linear head
+            print(f"{name:<24}{'n/a':>10}    {type(e).__name__}: {str(e)[:70]}")
+            continue
         print(f"{name:<24}{ms:>10.1f}{ms / base:>10.2f}")
 
 
