@@ -56,11 +56,30 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_READ_CACHE: dict[tuple, tuple[Image.Image, str]] = {}
+_READ_CACHE_SIZE = 32
+
+
+def _cached(key: tuple, read: Callable[[], tuple[Image.Image, str]]) -> tuple[Image.Image, str]:
+    """In-process cache of decoded images, so the jobs of a basic-launcher multirun read each once."""
+    if key not in _READ_CACHE:
+        if len(_READ_CACHE) >= _READ_CACHE_SIZE:
+            _READ_CACHE.pop(next(iter(_READ_CACHE)))
+        _READ_CACHE[key] = read()
+    img, sha = _READ_CACHE[key]
+    return img.copy(), sha
+
+
 def read_image(path: str | os.PathLike, key: str = "image") -> tuple[Image.Image, str]:
     """Open, fully decode and convert an image file; returns the RGB image and the file's sha256."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"{key}: image file '{path}' does not exist")
+    stat = path.stat()
+    return _cached((str(path.resolve()), stat.st_mtime_ns, stat.st_size), lambda: _decode(path, key))
+
+
+def _decode(path: Path, key: str) -> tuple[Image.Image, str]:
     data = path.read_bytes()
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
@@ -85,8 +104,12 @@ def read_skimage(name: str, key: str = "image") -> tuple[Image.Image, str]:
     loader = getattr(skimage.data, name, None)
     if not callable(loader):
         raise ConfigError(f"{key}: scikit-image has no bundled image '{name}'")
-    array = np.ascontiguousarray(loader())
-    return to_rgb(Image.fromarray(array)), sha256_bytes(array.tobytes())
+
+    def read():
+        array = np.ascontiguousarray(loader())
+        return to_rgb(Image.fromarray(array)), sha256_bytes(array.tobytes())
+
+    return _cached(("skimage", name), read)
 
 
 def fetch_preset(name: str, url: str, sha256: str, key: str = "image") -> Path:

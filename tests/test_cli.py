@@ -223,3 +223,18 @@ def test_target_list_gives_one_item_per_target(tmp_path, image_cache):
     df = pd.read_csv(tmp_path / "manifest.csv")
     assert sorted(df.target) == [504, 967] and set(df.predicted) == {967}
     assert (tmp_path / "coffee_gradcam_bn2_t504_cam_on_image.png").is_file()
+
+
+def test_hydra_experimental_rerun_recomputes_an_archived_run(tmp_path, image_cache):
+    ok(run_cli(["image=rocket", "method=vanilla_backprop"], tmp_path, image_cache))
+    pickle = tmp_path / ".hydra" / "config.pickle"
+    assert pickle.is_file()
+    before = pd.read_csv(tmp_path / "manifest.csv")
+    (tmp_path / "rocket_vanilla_backprop.npy").unlink()
+    env = {**__import__("os").environ, "CNNVIZ_CACHE": str(image_cache)}
+    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--experimental-rerun", str(pickle)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    ok(proc)
+    after = pd.read_csv(tmp_path / "manifest.csv")
+    assert len(after) == 1 and after.sha256_npy.item() == before.sha256_npy.item()
+    assert sha(tmp_path / "rocket_vanilla_backprop.npy") == before.sha256_npy.item()
