@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cnnviz.config import register_configs  # noqa: E402
-from cnnviz.hooks import model_state_kept  # noqa: E402
+from cnnviz.hooks import model_state_kept, removing  # noqa: E402
 from cnnviz.plan import load_model  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -19,17 +19,13 @@ def main(overrides: list[str]) -> None:
         cfg = compose("config", overrides=overrides)
     loaded = load_model(cfg.model, int(cfg.seed))
     shapes: dict[str, tuple] = {}
-    handles = [
-        m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(o.shape) if torch.is_tensor(o) else type(o).__name__))
-        for n, m in loaded.module.named_modules() if n
-    ]
-    try:
-        size = int(cfg.model.preprocess.input_size)
-        with model_state_kept(loaded.module), torch.no_grad():
-            loaded.module(torch.zeros(1, 3, size, size))
-    finally:
-        for h in handles:
-            h.remove()
+    size = int(cfg.model.preprocess.input_size)
+    with removing([]) as handles, model_state_kept(loaded.module), torch.no_grad():
+        for n, m in loaded.module.named_modules():
+            if n:
+                handles.append(m.register_forward_hook(
+                    lambda mod, i, o, n=n: shapes.__setitem__(n, tuple(o.shape) if torch.is_tensor(o) else type(o).__name__)))
+        loaded.module(torch.zeros(1, 3, size, size))
     default = cfg.model.default_layer
     for name, module in loaded.module.named_modules():
         if name:
