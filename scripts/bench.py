@@ -1,0 +1,677 @@
+"""Time cnnviz next to captum, pytorch-grad-cam and torchcam, side by side in one run.
+
+    python scripts/bench.py [--quick] [--models efficientnet_lite0 vgg19] [--repeats 5] [--threads 2]
+                            [--items cams gradients classic4 layers16 ablation scorecam ig smoothgrad occlusion]
+
+Models: efficientnet_lite0 (embedded weights, layer bn2, mean = std = 0.5) and vgg19 (random
+weights, layer features.35, ImageNet statistics); one 1x3x224x224 input (seeded), target class 243.
+
+Prints ONE table: model, technique, library, median ms, ratio to the floor (one forward plus one
+backward of the target logit down to the input, on the same model, in the same run), ratio to the
+best peer at equal settings (cnnviz rows only: < 1 means cnnviz is faster), peak RSS so far; then
+the agreement checks (integrated gradients, SmoothGrad, occlusion against captum) and the target
+ratios with MET / MISSED.
+
+Timing: every item runs once untimed (warm-up), then ``--repeats`` timed runs (slow items: one);
+an item whose first run takes over 5 s is not warmed up: that first run is its (only or first)
+timed run, and the table says "cold". Peers get a fresh ``copy.deepcopy`` of the model each (made
+outside the timed region) and their hooks are always released. ``--quick``: 2 repeats, generic rows
+on efficientnet_lite0 only, plus the vgg19-only rows (16-layer Grad-CAM, Ablation-CAM), captum at
+cnnviz's batch only (IG internal_batch_size 10, NoiseTunnel 10, Occlusion perturbations_per_eval 16;
+the full run tries None/10/25, None/10/25 and 1/16/64) and no torchcam ScoreCAM; about 4.5 minutes
+on 2 cores, half of it pytorch-grad-cam's AblationCAM on vgg19 (512 channels x a full vgg19 forward).
+The full run takes roughly half an hour on 2 cores (vgg19 occlusion: 729-784 vgg19 forwards per
+library and batch setting).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's Score-/Ablation-CAM print tqdm bars
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import gc  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from cnnviz import get_method  # noqa: E402
+from cnnviz.explain import compute, compute_group  # noqa: E402
+from cnnviz.models import efficientnet_lite0, torchvision_model  # noqa: E402
+
+TARGET = 243
+COLD_S = 5.0  # items whose first run is longer than this are not warmed up
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+MODELS = {  # name -> loader, default layer, mean, std
+    "efficientnet_lite0": (lambda: efficientnet_lite0().module, "bn2", [0.5] * 3, [0.5] * 3),
+    "vgg19": (lambda: torchvision_model("vgg19", None).module, "features.35", *IMAGENET),
+}
+GRADIENT_CAMS = {  # cnnviz name -> (pytorch-grad-cam class, torchcam class or None)
+    "gradcam": ("GradCAM", "GradCAM"),
+    "gradcam_plusplus": ("GradCAMPlusPlus", "GradCAMpp"),
+    "xgradcam": ("XGradCAM", "XGradCAM"),
+    "hirescam": ("HiResCAM", None),
+    "layercam": ("LayerCAM", "LayerCAM"),
+}
+GRADIENTS = {  # cnnviz name -> captum class
+    "vanilla_backprop": "Saliency",
+    "guided_backprop": "GuidedBackprop",
+    "deconvnet": "Deconvolution",
+    "grad_times_image": "InputXGradient",
+}
+ITEMS = ("cams", "gradients", "classic4", "layers16", "ablation", "scorecam", "ig", "smoothgrad", "occlusion")
+SG_SAMPLES, SG_NOISE = 50, 0.15
+IG_STEPS = 50
+OCC_WINDOW, OCC_STRIDE = 15, 8
+# agreement with captum: |a - b| <= ATOL_REL * max|b| + RTOL * |b| elementwise (np.allclose)
+RTOL, ATOL_REL = 1e-3, 1e-4
+SG_MIN_CORR = 0.9
+SG_SAME_FRAC, SG_SCALE_TOL = 0.8, 0.1  # SmoothGrad: two estimates of one expectation
+
+
+@dataclass
+class Row:
+    model: str
+    technique: str
+    library: str
+    group: str  # rows of one model with the same group are compared (cnnviz vs peers)
+    ms: Optional[float] = None
+    runs: int = 0
+    cold: bool = False
+    error: str = ""
+    note: str = ""
+    rss_mb: float = 0.0
+    times: tuple = ()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def fresh(model: nn.Module, relu_inplace_off: bool = False) -> nn.Module:
+    """A private copy for one peer (its hooks and any rewrites stay on the copy)."""
+    m = copy.deepcopy(model).eval()
+    if relu_inplace_off:
+        for mod in m.modules():
+            if isinstance(mod, (nn.ReLU, nn.ReLU6)):
+                mod.inplace = False
+    return m
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    return dict(model.named_modules())[name]
+
+
+def as_array(out: Any) -> np.ndarray:
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    if hasattr(out, "values") and not isinstance(out, torch.Tensor):  # a cnnviz Attribution
+        out = out.values
+    if isinstance(out, torch.Tensor):
+        out = out.detach().float().cpu().numpy()
+    return np.asarray(out, dtype=np.float64)
+
+
+def first_line(e: BaseException, n: int = 70) -> str:
+    msg = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {msg}"[:n]
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.rows: list[Row] = []
+        self.outputs: dict[tuple[str, str], list] = {}  # (model, key) -> first [and last] result, for the agreement checks
+        self.start = time.perf_counter()
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.start:7.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    def measure(self, model: str, technique: str, library: str, group: str, make: Callable[[], Callable[[], Any]],
+                slow: bool = False, note: str = "", keep: Optional[str] = None) -> Row:
+        """``make()`` (untimed: model copies, method objects) returns the function to time."""
+        row = Row(model, technique, library, group, note=note)
+        fn = None
+        try:
+            fn = make()
+            t0 = time.perf_counter()
+            out = fn()
+            first = (time.perf_counter() - t0) * 1000.0
+            first_out = out if keep else None
+            times = []
+            if first > COLD_S * 1000.0:
+                times.append(first)
+                row.cold = True
+            n = 1 if slow else self.args.repeats
+            while len(times) < n:
+                t0 = time.perf_counter()
+                out = fn()
+                times.append((time.perf_counter() - t0) * 1000.0)
+            row.ms, row.runs, row.times = statistics.median(times), len(times), tuple(times)
+            if keep:  # the first and the last call's results (two noise draws for captum's NoiseTunnel)
+                self.outputs[(model, keep)] = [first_out] + ([out] if out is not first_out else [])
+            out = first_out = None
+        except Exception as e:  # a peer (or cnnviz) failing is a table entry, not a crash
+            row.error = "error: " + first_line(e)
+        finally:
+            fn = None
+            gc.collect()
+        row.rss_mb = peak_rss_mb()
+        self.rows.append(row)
+        shown = f"{row.ms:.1f} ms" if row.ms is not None else row.error
+        self.log(f"{model:<18} {technique:<34} {library:<16} {shown}")
+        return row
+
+
+def cnnviz_method(name: str, mean, std, **params):
+    cls = get_method(name)
+    fields = set(getattr(cls, "__dataclass_fields__", {}))
+    extra = {k: v for k, v in (("input_mean", mean), ("input_std", std)) if k in fields and k not in params}
+    return cls(**params, **extra)
+
+
+def cnnviz_call(method, model, x, layers):
+    def run():
+        return compute(method, model, x, TARGET, layers)
+    return run
+
+
+# ---------------------------------------------------------------- peers
+
+def gradcam_lib(cls_name: str, model: nn.Module, layers: list[str], x: torch.Tensor, one_call_per_layer=False, **kw):
+    """pytorch-grad-cam: ``with Cls(model, target_layers) as cam: cam(x, targets)`` (hooks released on exit)."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cls = getattr(pytorch_grad_cam, cls_name)
+    m = fresh(model)
+    mods = [submodule(m, name) for name in layers]
+    targets = [ClassifierOutputTarget(TARGET)]
+    x = x.clone()
+
+    def run():
+        out = []
+        for group in ([[mod] for mod in mods] if one_call_per_layer else [mods]):
+            with cls(model=m, target_layers=group, **kw) as cam:
+                out.append(cam(input_tensor=x, targets=targets))
+        return out
+    return run
+
+
+def torchcam_lib(cls_name: str, model: nn.Module, layers: list[str], x: torch.Tensor):
+    """torchcam: extractor on the copy, forward, extractor(class_idx, scores), remove_hooks()."""
+    from torchcam import methods as tcm
+
+    cls = getattr(tcm, cls_name)
+    m = fresh(model)
+    x = x.clone()
+    target_layer = layers[0] if len(layers) == 1 else list(layers)
+
+    def run():
+        extractor = cls(m, target_layer=target_layer)
+        try:
+            if cls_name == "ScoreCAM":
+                with torch.inference_mode():
+                    m(x)
+                return extractor(class_idx=TARGET)
+            scores = m(x)
+            return extractor(class_idx=TARGET, scores=scores)
+        finally:
+            extractor.remove_hooks()
+    return run
+
+
+def captum_layer_gradcam(model: nn.Module, layer: str, x: torch.Tensor):
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    m = fresh(model, relu_inplace_off=True)
+    mod = submodule(m, layer)
+    x = x.clone()
+
+    def run():  # upsampled like the cnnviz / pytorch-grad-cam maps
+        a = LayerGradCam(m, mod).attribute(x, target=TARGET, relu_attributions=True)
+        return LayerAttribution.interpolate(a, tuple(x.shape[-2:]), "bilinear")
+    return run
+
+
+def captum_attr(cls_name: str, model: nn.Module, x: torch.Tensor, **kw):
+    import captum.attr as ca
+
+    cls = getattr(ca, cls_name)
+    m = fresh(model, relu_inplace_off=True)  # GuidedBackprop / Deconvolution need inplace=False ReLUs
+    x = x.clone()
+
+    def run():
+        return cls(m).attribute(x, target=TARGET, **kw)
+    return run
+
+
+def captum_noise_tunnel(model: nn.Module, x: torch.Tensor, batch: Optional[int]):
+    from captum.attr import NoiseTunnel, Saliency
+
+    m = fresh(model, relu_inplace_off=True)
+    x = x.clone()
+    stdev = SG_NOISE * float(x.max() - x.min())
+
+    def run():
+        return NoiseTunnel(Saliency(m)).attribute(x, nt_type="smoothgrad", nt_samples=SG_SAMPLES,
+                                                  nt_samples_batch_size=batch, stdevs=stdev, target=TARGET, abs=False)
+    return run
+
+
+def captum_classic4(model: nn.Module, layer: str, x: torch.Tensor):
+    """captum's four calls for vanilla, guided, Grad-CAM (upsampled) and guided Grad-CAM."""
+    from captum.attr import GuidedBackprop, GuidedGradCam, LayerAttribution, LayerGradCam, Saliency
+
+    m = fresh(model, relu_inplace_off=True)
+    mod = submodule(m, layer)
+    x = x.clone()
+
+    def run():
+        sal = Saliency(m).attribute(x, target=TARGET, abs=False)
+        gbp = GuidedBackprop(m).attribute(x, target=TARGET)
+        cam = LayerAttribution.interpolate(
+            LayerGradCam(m, mod).attribute(x, target=TARGET, relu_attributions=True), tuple(x.shape[-2:]), "bilinear")
+        ggc = GuidedGradCam(m, mod).attribute(x, target=TARGET, interpolate_mode="bilinear")
+        return sal, gbp, cam, ggc
+    return run
+
+
+def varying_channels(model: nn.Module, layer: str, x: torch.Tensor) -> str:
+    """How many channels of the layer are not constant on x (cnnviz scorecam skips constant ones)."""
+    seen = {}
+    handle = submodule(model, layer).register_forward_hook(lambda mod, i, o: seen.setdefault("a", o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    a = seen["a"][0].flatten(1)
+    return f"{int((a.amax(1) > a.amin(1)).sum())}/{a.shape[0]} channels vary"
+
+
+# ---------------------------------------------------------------- the items
+
+def run_model(b: Bench, name: str, generic: bool, specific: bool) -> None:
+    b.log(f"loading {name}")
+    model = MODELS[name][0]().eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+
+    def floor_fn():
+        def run():
+            xi = x.clone().requires_grad_(True)
+            return torch.autograd.grad(model(xi)[0, TARGET], xi)[0]
+        return run
+
+    b.measure(name, "floor (fwd+bwd to input)", "torch", "floor", floor_fn)
+    run_items(b, name, model, x, generic, specific)
+    # again at the end: the machine's speed drifts (other processes), the ratios use both
+    b.measure(name, "floor again, after the rows above", "torch", "floor", floor_fn)
+    del model
+    gc.collect()
+
+
+def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: bool, specific: bool) -> None:
+    args = b.args
+    items = set(args.items)
+    _, layer, mean, std = MODELS[name]
+    L = [layer]
+
+    if generic and "cams" in items:
+        for cam, (gc_cls, tc_cls) in GRADIENT_CAMS.items():
+            b.measure(name, f"{cam} @{layer}", "cnnviz", cam,
+                      lambda cam=cam: cnnviz_call(cnnviz_method(cam, mean, std), model, x, L))
+            b.measure(name, f"{gc_cls} @{layer}", "pytorch-grad-cam", cam,
+                      lambda gc_cls=gc_cls: gradcam_lib(gc_cls, model, L, x))
+            if tc_cls:
+                b.measure(name, f"{tc_cls} @{layer}", "torchcam", cam, lambda tc_cls=tc_cls: torchcam_lib(tc_cls, model, L, x))
+            if cam == "gradcam":
+                b.measure(name, f"LayerGradCam @{layer}", "captum", cam, lambda: captum_layer_gradcam(model, layer, x))
+
+    if generic and "gradients" in items:
+        for meth, cp_cls in GRADIENTS.items():
+            b.measure(name, meth, "cnnviz", meth, lambda meth=meth: cnnviz_call(cnnviz_method(meth, mean, std), model, x, []))
+            kw = {"abs": False} if cp_cls == "Saliency" else {}
+            b.measure(name, cp_cls + (" (abs=False)" if kw else ""), "captum", meth,
+                      lambda cp_cls=cp_cls, kw=kw: captum_attr(cp_cls, model, x, **kw))
+
+    if generic and "classic4" in items:
+        names = ("vanilla_backprop", "guided_backprop", "gradcam", "guided_gradcam")
+
+        def group_fn():
+            methods = {n: cnnviz_method(n, mean, std) for n in names}
+            layers = {n: (L if methods[n].needs_layer else []) for n in names}
+
+            def run():
+                out = compute_group(methods, model, x, TARGET, layers)
+                for n, (res, _) in out.items():
+                    if isinstance(res, Exception):
+                        raise RuntimeError(f"{n}: {first_line(res)}")
+                return out
+            return run
+
+        def separate_fn():
+            methods = {n: cnnviz_method(n, mean, std) for n in names}
+
+            def run():
+                return [compute(m, model, x, TARGET, L if m.needs_layer else []) for m in methods.values()]
+            return run
+
+        b.measure(name, f"classic four, compute_group @{layer}", "cnnviz", "classic4", group_fn)
+        b.measure(name, f"classic four, 4 separate calls (sum) @{layer}", "cnnviz", "classic4", separate_fn,
+                  note="reference")
+        b.measure(name, f"classic four, 4 calls (sum) @{layer}", "captum", "classic4",
+                  lambda: captum_classic4(model, layer, x))
+
+    if specific and name == "vgg19" and "layers16" in items:
+        convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        assert len(convs) == 16, convs
+        b.measure(name, "gradcam @16 convs, one compute", "cnnviz", "layers16",
+                  lambda: cnnviz_call(cnnviz_method("gradcam", mean, std), model, x, convs))
+        b.measure(name, "GradCAM @16 convs, one call per layer", "pytorch-grad-cam", "layers16",
+                  lambda: gradcam_lib("GradCAM", model, convs, x, one_call_per_layer=True), slow=True)
+        b.measure(name, "GradCAM @16 convs, one extractor", "torchcam", "layers16",
+                  lambda: torchcam_lib("GradCAM", model, convs, x))
+
+    if specific and name == "vgg19" and "ablation" in items:
+        b.measure(name, f"ablationcam @{layer}", "cnnviz", "ablationcam",
+                  lambda: cnnviz_call(cnnviz_method("ablationcam", mean, std), model, x, L), slow=True)
+        b.measure(name, f"AblationCAM @{layer} (batch 32)", "pytorch-grad-cam", "ablationcam",
+                  lambda: gradcam_lib("AblationCAM", model, L, x), slow=True)
+
+    if specific and name == "efficientnet_lite0" and "scorecam" in items:
+        sl = args.scorecam_layer or layer
+        b.measure(name, f"scorecam @{sl} (batch 16)", "cnnviz", "scorecam",
+                  lambda: cnnviz_call(cnnviz_method("scorecam", mean, std), model, x, [sl]), slow=True,
+                  note=varying_channels(model, sl, x))
+        b.measure(name, f"ScoreCAM @{sl} (batch 16)", "pytorch-grad-cam", "scorecam",
+                  lambda: gradcam_lib("ScoreCAM", model, [sl], x), slow=True)
+        if not args.quick or args.scorecam_layer:
+            b.measure(name, f"ScoreCAM @{sl} (batch 32)", "torchcam", "scorecam",
+                      lambda: torchcam_lib("ScoreCAM", model, [sl], x), slow=True)
+
+    if generic and "ig" in items:
+        b.measure(name, f"integrated_gradients {IG_STEPS} GL zero ibs=10", "cnnviz", "ig",
+                  lambda: cnnviz_call(cnnviz_method("integrated_gradients", mean, std, n_steps=IG_STEPS,
+                                                    method="gausslegendre", baseline="zero", internal_batch_size=10),
+                                      model, x, []), slow=True, keep="ig")
+        for ibs in args.ig_batches:
+            b.measure(name, f"IntegratedGradients {IG_STEPS} GL zero ibs={ibs}", "captum", "ig",
+                      lambda ibs=ibs: captum_attr("IntegratedGradients", model, x, n_steps=IG_STEPS,
+                                                  method="gausslegendre", internal_batch_size=ibs),
+                      slow=True, keep=f"ig_captum_{ibs}")
+
+    if generic and "smoothgrad" in items:
+        b.measure(name, f"smoothgrad {SG_SAMPLES}x{SG_NOISE} batch 10", "cnnviz", "smoothgrad",
+                  lambda: cnnviz_call(cnnviz_method("smoothgrad", mean, std, n_samples=SG_SAMPLES, noise_level=SG_NOISE,
+                                                    batch_size=10), model, x, []), slow=True, keep="sg")
+        for bs in args.sg_batches:
+            b.measure(name, f"NoiseTunnel(Saliency) {SG_SAMPLES}x{SG_NOISE} batch={bs}", "captum", "smoothgrad",
+                      lambda bs=bs: captum_noise_tunnel(model, x, bs), slow=True, keep=f"sg_captum_{bs}")
+
+    if generic and "occlusion" in items:
+        b.measure(name, f"occlusion w{OCC_WINDOW} s{OCC_STRIDE} b0 ppe=16", "cnnviz", "occlusion",
+                  lambda: cnnviz_call(cnnviz_method("occlusion", mean, std, window=OCC_WINDOW, stride=OCC_STRIDE,
+                                                    baseline=0.0), model, x, []), slow=True, keep="occ")
+        for ppe in args.occ_batches:
+            b.measure(name, f"Occlusion (3,{OCC_WINDOW},{OCC_WINDOW})/(3,{OCC_STRIDE},{OCC_STRIDE}) b0 ppe={ppe}",
+                      "captum", "occlusion",
+                      lambda ppe=ppe: captum_attr("Occlusion", model, x, sliding_window_shapes=(3, OCC_WINDOW, OCC_WINDOW),
+                                                  strides=(3, OCC_STRIDE, OCC_STRIDE), baselines=0,
+                                                  perturbations_per_eval=ppe),
+                      slow=True, keep=f"occ_captum_{ppe}")
+
+
+# ---------------------------------------------------------------- report
+
+def best_peer(rows: list[Row], row: Row) -> Optional[Row]:
+    peers = [r for r in rows if r.model == row.model and r.group == row.group and r.library != "cnnviz"
+             and r.library != "torch" and r.ms is not None]
+    return min(peers, key=lambda r: r.ms) if peers else None
+
+
+def floor_ms(rows: list[Row], model: str) -> Optional[float]:
+    """The median of every timed floor run of the model (measured before and after its other rows)."""
+    times = [t for r in rows if r.model == model and r.group == "floor" for t in r.times]
+    return statistics.median(times) if times else None
+
+
+def table(rows: list[Row]) -> str:
+    head = ["model", "technique", "library", "median ms", "x floor", "x best peer", "peak RSS MB", "runs / note"]
+    lines = []
+    for r in rows:
+        fl = floor_ms(rows, r.model)
+        peer = best_peer(rows, r) if r.library == "cnnviz" else None
+        runs = f"{r.runs}{' cold' if r.cold else ''}" if r.ms is not None else ""
+        runs = ", ".join(p for p in (runs, r.note) if p)
+        lines.append([
+            r.model, r.technique, r.library,
+            f"{r.ms:.1f}" if r.ms is not None else r.error,
+            f"{r.ms / fl:.2f}" if r.ms is not None and fl else "",
+            f"{r.ms / peer.ms:.3f}" if peer and r.ms is not None else "",
+            f"{r.rss_mb:.0f}",
+            runs,
+        ])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
+    right = {3, 4, 5, 6}
+
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i in right and not c.startswith("error") else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    out = [fmt(head), "  ".join("-" * w for w in widths)]
+    prev = None
+    for l in lines:
+        if prev is not None and l[0] != prev:
+            out.append("")
+        prev = l[0]
+        out.append(fmt(l))
+    return "\n".join(out)
+
+
+def agreement(b: Bench) -> list[str]:
+    out = []
+    for model in dict.fromkeys(r.model for r in b.rows):
+        o = {k: v for (m, k), v in b.outputs.items() if m == model}
+        if "ig" in o:
+            ours = as_array(o["ig"][-1])
+            for key in [k for k in o if k.startswith("ig_captum_")][:1]:
+                ref = as_array(o[key][-1])
+                ok = np.allclose(ours, ref, rtol=RTOL, atol=ATOL_REL * np.abs(ref).max())
+                err = np.abs(ours - ref).max() / np.abs(ref).max()
+                out.append(f"{model}: integrated_gradients vs captum IntegratedGradients ({key[10:]}): "
+                           f"{'EQUAL' if ok else 'DIFFERENT'} (max|diff| / max|captum| = {err:.2e})")
+        if "sg" in o:
+            ours = as_array(o["sg"][-1]).ravel()
+            runs = [as_array(v).ravel() for k in o if k.startswith("sg_captum_") for v in o[k]]
+            if runs:
+                r = float(np.corrcoef(ours, runs[-1])[0, 1])
+                scale = float(ours.std() / runs[-1].std())
+                out.append(f"{model}: smoothgrad vs captum NoiseTunnel(Saliency), same sigma, different noise draws: "
+                           f"Pearson r = {r:.3f} -> loose check r > {SG_MIN_CORR}: {'MET' if r > SG_MIN_CORR else 'NOT MET'}; "
+                           f"std(cnnviz) / std(captum) = {scale:.3f}")
+                if len(runs) > 1:
+                    r_cc = float(np.corrcoef(runs[0], runs[-1])[0, 1])
+                    same = r >= SG_SAME_FRAC * r_cc and abs(scale - 1) <= SG_SCALE_TOL
+                    out.append(f"{model}:   for scale, two captum runs (different draws) give r = {r_cc:.3f}; same-estimator "
+                               f"check (r >= {SG_SAME_FRAC} x captum-vs-captum r and std ratio within 1 +- {SG_SCALE_TOL}): "
+                               f"{'CONSISTENT' if same else 'INCONSISTENT'}")
+                else:
+                    out.append(f"{model}:   (only one captum run kept: no captum-vs-captum r for scale)")
+        if "occ" in o:
+            ours = as_array(o["occ"][-1])
+            for key in [k for k in o if k.startswith("occ_captum_")][:1]:
+                ref = as_array(o[key][-1])
+                # captum adds one clipped window per axis (start 216): pixels < 216 see the same windows in both
+                n = ((224 - OCC_WINDOW) // OCC_STRIDE + 1) * OCC_STRIDE
+                a, c = ours[..., :n, :n], ref[..., :n, :n]
+                ok = np.allclose(a, c, rtol=RTOL, atol=ATOL_REL * np.abs(c).max())
+                err = np.abs(a - c).max() / np.abs(c).max()
+                out.append(f"{model}: occlusion vs captum Occlusion ({key[11:]}), pixels [0,{n})^2: "
+                           f"{'EQUAL' if ok else 'DIFFERENT'} (max|diff| / max|captum| = {err:.2e})")
+    return out
+
+
+def targets(b: Bench) -> list[str]:
+    rows = b.rows
+    out = []
+
+    def get(model, group, library, note=None):
+        return next((r for r in rows if r.model == model and r.group == group and r.library == library
+                     and r.ms is not None and (note is None or r.note == note)), None)
+
+    def verdict(ok):
+        return "MET   " if ok else "MISSED"
+
+    for model in dict.fromkeys(r.model for r in rows):
+        fl = floor_ms(rows, model)
+        if not fl:
+            continue
+        cams = [(c, get(model, c, "cnnviz")) for c in GRADIENT_CAMS]
+        cams = [(c, r.ms / fl) for c, r in cams if r]
+        if cams:
+            worst = max(v for _, v in cams)
+            out.append(f"{verdict(worst <= 0.6)} {model}: gradient CAMs <= 0.6 x floor: worst {worst:.2f} ("
+                       + ", ".join(f"{c} {v:.2f}" for c, v in cams) + ")")
+        grads = [(g, get(model, g, "cnnviz")) for g in GRADIENTS]
+        grads = [(g, r.ms / fl) for g, r in grads if r]
+        if grads:
+            worst = max(v for _, v in grads)
+            out.append(f"{verdict(worst <= 1.1)} {model}: vanilla/guided/deconvnet/grad_times_image <= 1.1 x floor: worst "
+                       f"{worst:.2f} (" + ", ".join(f"{g} {v:.2f}" for g, v in grads) + ")")
+        l16, loop = get(model, "layers16", "cnnviz"), get(model, "layers16", "pytorch-grad-cam")
+        if l16:
+            out.append(f"{verdict(l16.ms / fl <= 1.3)} {model}: 16-layer Grad-CAM <= 1.3 x floor: {l16.ms / fl:.2f}")
+            if loop:
+                s = loop.ms / l16.ms
+                out.append(f"{verdict(s >= 20)} {model}: 16-layer Grad-CAM >= 20x faster than the per-layer "
+                           f"pytorch-grad-cam loop: {s:.1f}x")
+        c4 = next((r for r in rows if r.model == model and r.group == "classic4" and r.library == "cnnviz"
+                   and r.ms is not None and "compute_group" in r.technique), None)
+        if c4:
+            out.append(f"{verdict(c4.ms / fl <= 2.2)} {model}: classic four (compute_group) <= 2.2 x floor: {c4.ms / fl:.2f}")
+        ab, abp = get(model, "ablationcam", "cnnviz"), get(model, "ablationcam", "pytorch-grad-cam")
+        if ab and abp:
+            s = abp.ms / ab.ms
+            out.append(f"{verdict(s >= 20)} {model}: ablationcam >= 20x faster than pytorch-grad-cam's: {s:.1f}x")
+        sc, scp = get(model, "scorecam", "cnnviz"), get(model, "scorecam", "pytorch-grad-cam")
+        if sc and scp:
+            out.append(f"{verdict(sc.ms / scp.ms <= 0.8)} {model}: scorecam <= 0.8 x pytorch-grad-cam's: {sc.ms / scp.ms:.3f}")
+        for group, label in (("ig", "integrated_gradients"), ("smoothgrad", "smoothgrad"), ("occlusion", "occlusion")):
+            ours = get(model, group, "cnnviz")
+            peer = best_peer(rows, ours) if ours else None
+            if ours and peer:
+                out.append(f"{verdict(ours.ms / peer.ms <= 0.8)} {model}: {label} <= 0.8 x captum's best: "
+                           f"{ours.ms / peer.ms:.3f} (best captum: {peer.technique})")
+    return out
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "cnnviz"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return rev + (" + uncommitted changes in cnnviz/" if dirty else "")
+    except Exception:
+        return "?"
+
+
+def versions() -> str:
+    out = [f"torch {torch.__version__}"]
+    for mod in ("captum", "pytorch_grad_cam", "torchcam"):
+        try:
+            from importlib.metadata import version
+            out.append(f"{mod} {version({'pytorch_grad_cam': 'grad-cam'}.get(mod, mod))}")
+        except Exception:
+            out.append(f"{mod} ?")
+    return ", ".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 repeats, generic rows on efficientnet_lite0 only, "
+                    "vgg19-only rows kept, smaller captum batch grids (about 4-5 min on 2 cores)")
+    ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None,
+                    help="models for the generic rows (default: both; --quick: efficientnet_lite0). Model-specific rows "
+                         "(scorecam on efficientnet_lite0; 16-layer Grad-CAM and ablationcam on vgg19) run when their "
+                         "model is listed, or always when --models is not given")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per item (default 5; --quick 2); slow items: 1")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS), help="a subset of the comparisons")
+    ap.add_argument("--scorecam-layer", default=None,
+                    help="efficientnet_lite0 layer for the Score-CAM rows (default bn2, 1280 channels)")
+    args = ap.parse_args()
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 5
+    args.ig_batches = [10] if args.quick else [None, 10, 25]
+    args.sg_batches = [10] if args.quick else [None, 10, 25]
+    args.occ_batches = [16] if args.quick else [1, 16, 64]
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")  # captum's "input did not require grad", hook-on-inplace notices
+    generic_models = args.models or (["efficientnet_lite0"] if args.quick else list(MODELS))
+    specific_models = args.models or list(MODELS)
+    load0 = os.getloadavg()
+    b = Bench(args)
+    wall0 = time.perf_counter()
+    for name in MODELS:
+        generic, specific = name in generic_models, name in specific_models
+        if generic or specific:
+            run_model(b, name, generic, specific)
+    wall = time.perf_counter() - wall0
+    load1 = os.getloadavg()
+
+    print(f"cnnviz {git_rev()}; {versions()}")
+    print(f"1x3x224x224 input (seeded randn), target {TARGET}, {torch.get_num_threads()} threads, "
+          f"{'--quick, ' if args.quick else ''}median of {args.repeats} after 1 warm-up (slow items: 1 timed run)")
+    print(f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; "
+          f"{os.cpu_count()} CPUs")
+    print()
+    print(table(b.rows))
+    print()
+    print("x floor: median / the same model's floor: one forward + one backward of the target logit to the input, timed")
+    print("  before and after the model's other rows; the floor is the median of both rows' timed runs pooled.")
+    print("x best peer: cnnviz median / the fastest peer row of the same model and comparison (< 1: cnnviz faster);")
+    print("  peers are blank. 'reference' rows (cnnviz run separately) are not peers.")
+    print("peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss, the process peak so far (monotonic; includes the")
+    print("  models and the peers' deep copies), not the row's own footprint.")
+    print(f"runs: timed runs; 'cold' = the first run took > {COLD_S:.0f} s, so it was not warmed up and counts as a timed run.")
+    print("peers: each on its own copy.deepcopy of the model (made untimed); pytorch-grad-cam in `with Cls(...) as cam:`,")
+    print("  torchcam with remove_hooks(); captum copies have ReLU/ReLU6 inplace=False. pytorch-grad-cam, torchcam and")
+    print("  captum LayerGradCam rows include their upsampling to 224x224 (cnnviz CAMs return it too).")
+    print("captum GuidedBackprop / Deconvolution rewrite only nn.ReLU: on efficientnet_lite0 (ReLU6) they compute the")
+    print("  plain gradient, so those rows time the same passes but not the same rule.")
+    print("captum Occlusion slides one extra, clipped window per axis (ceil((224-15)/8)+1 = 28 starts vs 27): 784 vs 729")
+    print("  occluded images; the agreement check compares only pixels covered by the same windows.")
+    print("pytorch-grad-cam ScoreCAM has no batch argument: it uses 16 (getattr(self, 'batch_size', 16)); its AblationCAM")
+    print("  defaults to batch_size=32; torchcam ScoreCAM defaults to 32; cnnviz scorecam 16, ablationcam 64.")
+    print("cnnviz scorecam skips channels that are constant on the input ('k/C channels vary' in its row); the peers")
+    print("  forward every channel's masked image. The input is seeded noise, not a photograph.")
+    if args.quick and not args.scorecam_layer:
+        print("--quick: torchcam ScoreCAM is skipped (about one minute); it runs in the full benchmark.")
+    print()
+    print(f"agreement (np.allclose, rtol={RTOL:g}, atol={ATOL_REL:g} x max|captum|, elementwise; SmoothGrad: the noise")
+    print(f"  draws differ, so only loosely: Pearson r > {SG_MIN_CORR}; with {SG_SAMPLES} samples at noise {SG_NOISE} two runs of ONE")
+    print("  library correlate far below that, so the captum-vs-captum r is printed for scale, with a same-estimator check):")
+    for line in agreement(b) or ["(no agreement items run)"]:
+        print("  " + line)
+    print()
+    print("targets (measured above, never loosened):")
+    for line in targets(b) or ["(no target items run)"]:
+        print("  " + line)
+    print()
+    print(f"total wall time {wall:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
