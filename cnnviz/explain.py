@@ -29,6 +29,7 @@ from .attribution import Attribution
 from .files import atomic_write, npy_bytes, png_bytes
 from .imaging import preprocess, read_image, safe_name, to_rgb
 from .manifest import Manifest
+from .models import class_name
 from .methods.base import Method
 from .passes import shared_passes
 from .registry import get_method
@@ -115,9 +116,7 @@ class Explanation:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def class_name(self, index: Optional[int]) -> str:
-        if index is None:
-            return ""
-        return self.class_names[index] if index < len(self.class_names) else str(index)
+        return class_name(self.class_names, index)
 
     def prediction_columns(self, attr: Attribution) -> dict[str, Any]:
         probs = attr.probabilities[0]
@@ -139,7 +138,6 @@ class Explanation:
 
         values = attr.values[0]
         cam = attr.upsampled[0] if attr.upsampled is not None else None
-        put("input", f"{self.image}_input.png", png_bytes(self.picture))
         for kind in self.renders:
             put(kind, f"{name}_{kind}.png", png_bytes(render.RENDERERS[kind](values, cam, self.picture, options)))
         put("npy", f"{name}.npy", npy_bytes(values))
@@ -150,11 +148,14 @@ class Explanation:
     def rows(self, out_dir: str | os.PathLike, options: RenderOptions = RenderOptions(), with_target: bool = False) -> list[dict[str, Any]]:
         """Write every file; one manifest row (without run-level columns) per Attribution."""
         out_dir = Path(out_dir)
+        input_name = f"{self.image}_input.png"  # the picture once per call, shared by its rows
+        picture = {"file_input": input_name, "sha256_input": atomic_write(out_dir / input_name, png_bytes(self.picture))}
         out = []
         for attr in self.attributions:
             row = {"image": self.image, "layer": attr.layer, "method": attr.method, "params": attr.params,
                    **self.meta, **self.prediction_columns(attr)}
             name = stem(self.image, attr.method, attr.layer, row["target"], with_target)
+            row.update(picture)
             row.update(self.write_files(attr, name, out_dir, options))
             row.update(attr.metrics)
             row.update(status="ok", error="", warnings="; ".join(attr.warnings), layers_in_call=len(self.attributions))

@@ -24,9 +24,14 @@ class LoadedModel:
     class_names: list[str] = field(default_factory=list)
 
     def class_name(self, index: Optional[int]) -> str:
-        if index is None or index < 0:
-            return ""
-        return self.class_names[index] if index < len(self.class_names) else str(index)
+        return class_name(self.class_names, index)
+
+
+def class_name(names, index: Optional[int]) -> str:
+    """The name of class ``index``; its number when the list has no name for it; "" for none."""
+    if index is None or index < 0:
+        return ""
+    return names[index] if index < len(names) else str(index)
 
 
 
