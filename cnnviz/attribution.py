@@ -26,6 +26,9 @@ class Attribution:
     warnings: tuple[str, ...] = ()
     #: scalar diagnostics that become manifest columns (e.g. integrated gradients' completeness gap)
     metrics: dict[str, float] = field(default_factory=dict)
+    #: further raw results written as files by ``cnnviz.outputs`` (``writes`` specs name them):
+    #: uint8 images ``(H, W[, 3])``, frame stacks ``(T, H, W, 3)``, tables ``{column: 1-D array}``
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_cam(self) -> bool:

@@ -30,6 +30,7 @@ from .files import atomic_write, npy_bytes, png_bytes
 from .imaging import preprocess, read_image, safe_name, to_rgb
 from .manifest import Manifest
 from .models import class_name
+from .outputs import extra_files
 from .methods.base import Method
 from .passes import shared_passes
 from .registry import get_method
@@ -114,6 +115,8 @@ class Explanation:
     renders: tuple[str, ...]
     class_names: Sequence[str] = ()
     meta: dict[str, Any] = field(default_factory=dict)
+    #: ``"<writer>:<key>"`` specs for files made from ``Attribution.extras`` (``cnnviz.outputs``)
+    writes: tuple[str, ...] = ()
 
     def class_name(self, index: Optional[int]) -> str:
         return class_name(self.class_names, index)
@@ -143,6 +146,8 @@ class Explanation:
         put("npy", f"{name}.npy", npy_bytes(values))
         if cam is not None:
             put("npy_upsampled", f"{name}_upsampled.npy", npy_bytes(cam))
+        for kind, suffix, data in extra_files(self.writes, attr.extras):
+            put(kind, f"{name}_{suffix}", data)
         return cols
 
     def rows(self, out_dir: str | os.PathLike, options: RenderOptions = RenderOptions(), with_target: bool = False) -> list[dict[str, Any]]:
@@ -232,4 +237,4 @@ def explain(
     if m.needs_layer and not layers:
         raise ValueError(f"{m.name} needs layer=<dotted module name>")
     attrs = compute(m, model, x.to(device), target, layers)
-    return Explanation(safe_name(name or default_name), picture, attrs, m.renders, class_names)
+    return Explanation(safe_name(name or default_name), picture, attrs, m.renders, class_names, writes=m.writes)

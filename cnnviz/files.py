@@ -46,3 +46,19 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def gif_bytes(frames: np.ndarray, ms_per_frame: int = 120) -> bytes:
+    """``(T, H, W[, 3])`` uint8 frames as a looping animated GIF; the last frame is held longer."""
+    images = [Image.fromarray(f) for f in frames]
+    durations = [ms_per_frame] * (len(images) - 1) + [ms_per_frame * 8]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+    return buf.getvalue()
+
+
+def csv_bytes(table: dict) -> bytes:
+    """``{column: 1-D array}`` as CSV with a header row."""
+    import pandas as pd
+
+    return pd.DataFrame({k: np.asarray(v) for k, v in table.items()}).to_csv(index=False).encode()

@@ -15,7 +15,7 @@ import pandas as pd
 from .files import atomic_write
 
 #: Which picture of a row stands for it, in order of preference.
-PREFERRED = ("file_cam_on_image", "file_lrp_heatmap", "file_gray", "file_color")
+PREFERRED = ("file_cam_on_image", "file_lrp_heatmap", "file_png_overlay", "file_png_final", "file_gray", "file_color")
 
 
 def _text(value) -> str:

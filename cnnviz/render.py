@@ -80,6 +80,39 @@ def relevance_heatmap(r: np.ndarray, cmap: str = "seismic") -> np.ndarray:
     return _to_uint8(colormaps[cmap](centred)[..., :3])
 
 
+def image_strip(frames: np.ndarray, max_frames: int = 12) -> np.ndarray:
+    """``(T, H, W[, 3])`` uint8 frames side by side, at most ``max_frames`` evenly spaced ones
+    (first and last always included) -> ``(H, k * W[, 3])`` uint8."""
+    frames = np.asarray(frames)
+    idx = np.unique(np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int))
+    return np.concatenate(list(frames[idx]), axis=1)
+
+
+def curve_plot(table: dict, title: str = "") -> np.ndarray:
+    """Line plot of a table ``{x: 1-D, y1: 1-D, ...}``: the first column on the x axis, one line per
+    other column -> ``(H, W, 3)`` uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(table)
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=80)
+    for name in names[1:]:
+        ax.plot(np.asarray(table[names[0]]), np.asarray(table[name]), label=name)
+    ax.set_xlabel(names[0])
+    if len(names) > 2:
+        ax.legend(fontsize=7)
+    else:
+        ax.set_ylabel(names[1])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
 #: Render kinds a method may list: name -> function(values, upsampled map, image, options).
 RENDERERS: dict[str, Callable[..., np.ndarray]] = {
     "color": lambda g, cam, img, o: colored_gradient(g),

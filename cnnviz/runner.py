@@ -131,7 +131,8 @@ def _record(manifest: Manifest, unit: Unit, base: dict, result, ms: float, loade
         share = ms / len(result)
         meta = {"image_sha256": sha, "model": plan.model.name, "weights": plan.model.weights,
                 "target_request": unit.target_request, "duration_ms": round(share, 1)}
-        ex = Explanation(src.name, picture, result, plan.methods[unit.method].renders, plan.model.class_names, meta)
+        method = plan.methods[unit.method]
+        ex = Explanation(src.name, picture, result, method.renders, plan.model.class_names, meta, method.writes)
         for row in ex.rows(out_dir, options, with_target):
             manifest.add(row)
             log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", src.name, unit.method,

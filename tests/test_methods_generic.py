@@ -242,6 +242,18 @@ def test_render_kinds_are_known_renderers(name):
     from cnnviz.render import RENDERERS
 
     cls = get_method(name)
-    assert cls.renders and set(cls.renders) <= set(RENDERERS)
+    assert (cls.renders or cls.writes) and set(cls.renders) <= set(RENDERERS)
     cam_kinds = {k for k in cls.renders if k.startswith("cam")}
     assert bool(cam_kinds) == (cls.kind == "cam")  # a CAM is rendered as a map, a gradient as an image
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if get_method(n).writes])
+def test_declared_outputs_are_in_the_extras_and_encode(name):
+    from cnnviz.outputs import extra_files, parse
+
+    cls = get_method(name)
+    attr = run(name, TinyCNN(), inputs())
+    keys = [parse(spec)[1] for spec in cls.writes]
+    assert set(keys) <= set(attr.extras), f"{name} declares {keys} but returns extras {sorted(attr.extras)}"
+    files = list(extra_files(cls.writes, attr.extras))
+    assert len(files) == len(cls.writes) and all(data for _, _, data in files)

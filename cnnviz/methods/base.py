@@ -26,6 +26,8 @@ class Method:
     uses_target: ClassVar[bool] = True
     #: Render kinds (keys of ``cnnviz.render.RENDERERS``) the runner writes for this technique.
     renders: ClassVar[tuple[str, ...]] = ("color", "gray")
+    #: Files made from ``Attribution.extras``: ``"<writer>:<key>"`` specs, see ``cnnviz.outputs.WRITERS``.
+    writes: ClassVar[tuple[str, ...]] = ()
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

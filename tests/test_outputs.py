@@ -1,0 +1,47 @@
+"""Files made from an Attribution's extras: each writer's encoding round-trips."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cnnviz.outputs import extra_files, parse
+from cnnviz.render import curve_plot, image_strip
+
+
+def frames(t=5, h=6, w=4, step=40):
+    return np.stack([np.full((h, w, 3), step * i, np.uint8) for i in range(t)])
+
+
+def test_strip_keeps_first_and_last_frame_in_order():
+    strip = image_strip(frames(30, step=8), max_frames=4)
+    assert strip.shape == (6, 4 * 4, 3)
+    assert strip[0, ::4, 0].tolist() == [0, 8 * 10, 8 * 19, 8 * 29]
+
+
+def test_gif_has_every_frame_and_loops():
+    (_, suffix, data), = extra_files(("gif:snapshots",), {"snapshots": frames()})
+    assert suffix == "snapshots.gif"
+    gif = Image.open(io.BytesIO(data))
+    assert gif.n_frames == 5 and gif.info.get("loop") == 0
+    gif.seek(4)
+    assert np.asarray(gif.convert("RGB"))[0, 0, 0] == 160
+
+
+def test_csv_round_trips_and_plot_is_an_image():
+    table = {"step": np.arange(4), "loss": np.array([3.0, 2.0, 1.5, 1.0])}
+    out = dict((kind, (suffix, data)) for kind, suffix, data in extra_files(("csv:loss", "plot:loss"), {"loss": table}))
+    back = pd.read_csv(io.BytesIO(out["csv_loss"][1]))
+    assert list(back.columns) == ["step", "loss"] and back["loss"].tolist() == [3.0, 2.0, 1.5, 1.0]
+    assert out["plot_loss"][0] == "loss_plot.png"
+    assert Image.open(io.BytesIO(out["plot_loss"][1])).mode in ("RGB", "RGBA")
+    assert curve_plot(table).ndim == 3
+
+
+def test_absent_extra_is_skipped_and_a_bad_spec_names_the_writers():
+    assert list(extra_files(("png:mask",), {})) == []
+    with pytest.raises(ValueError, match="writer one of png"):
+        parse("jpeg:mask")
