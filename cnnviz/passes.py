@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional, Sequence
+from typing import Callable, ContextManager, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
+from .fastpath import fast_model
 from .hooks import capture_outputs, model_state_kept, relu_rule
 from .targets import Target, class_indices, target_score
 
@@ -38,18 +39,24 @@ def gradient_pass(
     target: Target,
     layers: Sequence[str] = (),
     input_gradient: bool = True,
-    rule: Optional[ContextManager] = None,
+    rule: Union[None, ContextManager, Callable[[nn.Module], Optional[ContextManager]]] = None,
     objective: Optional[Callable[[dict[str, torch.Tensor]], torch.Tensor]] = None,
 ) -> Pass:
     """One forward and one backward of the target score.
 
     Gradients are taken with ``torch.autograd.grad`` on the recorded layer outputs (and the
     input when asked), so ``param.grad`` is never touched and the backward stops at the deepest
-    tensor that is needed. ``rule`` is a context manager that rewrites the backward pass
-    (e.g. guided backprop), active only around the forward. ``objective`` replaces the target
+    tensor that is needed. ``rule`` rewrites the backward pass (e.g. guided backprop), active only
+    around the forward: a function of the module that runs, giving a context manager (so that it
+    applies to the fast copy, ``cnnviz.fastpath``), or a context manager already bound to ``model``
+    (then ``model`` itself runs). ``objective`` replaces the target
     score by a function of the recorded layer outputs (e.g. one filter's activation).
     """
     layers = list(dict.fromkeys(layers))
+    bound = rule is not None and hasattr(rule, "__enter__")
+    if not bound:
+        model, x = fast_model(model, x, layers)
+        rule = rule(model) if rule is not None else None
     x = x.detach().clone().requires_grad_(True)
     with ExitStack() as stack:
         stack.enter_context(model_state_kept(model))
@@ -72,13 +79,14 @@ def gradient_pass(
         target=target_idx,
         activations={n: captured[n].detach() for n in layers},
         gradients={n: g.detach() for n, g in zip(layers, grads)},
-        input_gradient=grads[-1].detach() if input_gradient else None,
+        input_gradient=grads[-1].detach().contiguous() if input_gradient else None,
     )
 
 
 def activation_pass(model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str] = ()) -> Pass:
     """One forward pass without gradients, recording the named layers' outputs."""
     layers = list(dict.fromkeys(layers))
+    model, x = fast_model(model, x, layers)
     with model_state_kept(model), capture_outputs(model, layers) as captured, torch.no_grad():
         logits = model(x)
         missing = [name for name in layers if name not in captured]
@@ -116,6 +124,7 @@ def shared_passes(model: nn.Module, x: torch.Tensor, target: Target, requests: S
         layers, wants_input = merged.get(r.rule, ([], False))
         merged[r.rule] = (layers + [l for l in r.layers if l not in layers], wants_input or r.input_gradient)
     return {
-        rule: gradient_pass(model, x, target, layers=layers, input_gradient=wants_input, rule=rule_context(model, rule))
+        rule: gradient_pass(model, x, target, layers=layers, input_gradient=wants_input,
+                            rule=lambda net, r=rule: rule_context(net, r))
         for rule, (layers, wants_input) in merged.items()
     }

@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..hooks import model_state_kept, replaced_output
 from ..layers import resolve_layer
 from ..passes import target_scores
+from ..fastpath import forward_fn
 from ..registry import register
 from .base import CAMMethod
 
@@ -41,34 +42,35 @@ class AblationCAM(CAMMethod):
     batch_size: int = 64
     mode: str = "expand"
 
-    def ablated_scores(self, model, x1, module, channels, target, index, expand: bool) -> torch.Tensor:
+    def ablated_scores(self, forward, x1, module, channels, target, index, expand: bool) -> torch.Tensor:
         with replaced_output(module, lambda out: _ablate(out, channels, expand)):
-            logits = model(x1 if expand else x1.expand(len(channels), *x1.shape[1:]))
+            logits = forward(x1 if expand else x1.expand(len(channels), *x1.shape[1:]))
         return target_scores(target, logits, [index] if index is not None else [])
 
     def layer_map(self, model, x, p, layer, target):
         if self.mode not in MODES or self.batch_size < 1:
             raise ConfigError(f"method.ablationcam: mode must be one of {MODES} and batch_size >= 1")
-        module = resolve_layer(model, layer)
+        net, forward = forward_fn(model, x, [layer])
+        module = resolve_layer(net, layer)
         acts = p.activations[layer]
         maps = []
-        with model_state_kept(model):
+        with model_state_kept(net):
             for b in range(acts.shape[0]):
                 index = p.target[b] if p.target else None
                 x1 = x[b : b + 1]
                 # the unablated score by the same single-image path as the ablated ones, so the
                 # small difference y_c - y_c^k is not swamped by batch-dependent rounding
-                base = target_scores(target, model(x1), [index] if index is not None else [])[0]
+                base = target_scores(target, forward(x1), [index] if index is not None else [])[0]
                 ablated = torch.empty(acts.shape[1], dtype=acts.dtype, device=acts.device)
                 expand = self.mode == "expand"
                 for chunk in torch.arange(acts.shape[1], device=acts.device).split(self.batch_size):
                     try:
-                        scores = self.ablated_scores(model, x1, module, chunk, target, index, expand)
+                        scores = self.ablated_scores(forward, x1, module, chunk, target, index, expand)
                     except RuntimeError:
                         if not expand:
                             raise
                         expand = False  # this model mixes batch sizes downstream of the layer
-                        scores = self.ablated_scores(model, x1, module, chunk, target, index, expand)
+                        scores = self.ablated_scores(forward, x1, module, chunk, target, index, expand)
                     ablated[chunk] = scores.to(ablated.dtype)
                 weights = (base - ablated) / base if base != 0 else torch.zeros_like(ablated)
                 maps.append(torch.einsum("c,chw->hw", weights, acts[b]))

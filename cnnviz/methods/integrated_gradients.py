@@ -27,6 +27,7 @@ from ..attribution import Attribution
 from ..errors import ConfigError, unknown
 from ..hooks import model_state_kept
 from ..inputspace import pixel_bounds
+from ..fastpath import forward_fn
 from ..maps import to_numpy
 from ..passes import gradient_pass, target_scores
 from ..registry import register
@@ -108,14 +109,15 @@ class IntegratedGradients(GradientMethod):
         x = x.detach()
         alphas, weights = quadrature(self.method, self.n_steps)
         x0 = self.baseline_for(x)
-        with model_state_kept(model), torch.no_grad():
-            logits, base_logits = model(x), model(x0)
+        net, forward = forward_fn(model, x)
+        with model_state_kept(net), torch.no_grad():
+            logits, base_logits = forward(x), forward(x0)
         idx = class_indices(target, logits)
         values, gaps, deltas = [], [], []
         for b in range(x.shape[0]):
             t = target if idx is None else int(idx[b])
             ig = integrated_gradient(model, x[b:b + 1], x0[b:b + 1], t, alphas, weights, self.internal_batch_size,
-                                     self.backward_rule(model))
+                                     self.backward_rule)
             which = [] if idx is None else [t]
             delta = float(target_scores(target, logits[b:b + 1], which)[0] - target_scores(target, base_logits[b:b + 1], which)[0])
             total = float(ig.double().sum())

@@ -39,7 +39,7 @@ class LayerActivationGuided(GradientMethod):
                 )
             return act[:, self.filter].sum()
 
-        p = gradient_pass(model, x, target, layers=[layer], rule=guided_relus(model, method=self.name), objective=objective)
+        p = gradient_pass(model, x, target, layers=[layer], rule=lambda net: guided_relus(net, method=self.name), objective=objective)
         return Attribution(
             method=self.name, values=to_numpy(p.input_gradient), logits=to_numpy(p.logits), target=(),
             layer=layer, params=self.params(),

@@ -19,6 +19,7 @@ import torch
 from ..attribution import Attribution
 from ..errors import ConfigError
 from ..hooks import model_state_kept
+from ..fastpath import forward_fn
 from ..maps import to_numpy
 from ..passes import target_scores
 from ..registry import register
@@ -47,8 +48,9 @@ class Occlusion(GradientMethod):
             raise ConfigError(f"method.occlusion.window={self.window} is larger than the input ({H}x{W})")
         boxes = [(i, j) for i in window_starts(H, self.window, self.stride) for j in window_starts(W, self.window, self.stride)]
         out = []
-        with model_state_kept(model), torch.inference_mode():
-            logits = model(x)
+        net, forward = forward_fn(model, x)
+        with model_state_kept(net), torch.inference_mode():
+            logits = forward(x)
             idx = class_indices(target, logits)
             for b in range(x.shape[0]):
                 which = [] if idx is None else [int(idx[b])]
@@ -60,7 +62,7 @@ class Occlusion(GradientMethod):
                     batch = x[b:b + 1].repeat(len(chunk), 1, 1, 1)
                     for n, (i, j) in enumerate(chunk):
                         batch[n, :, i:i + self.window, j:j + self.window] = self.baseline
-                    drops = (base - target_scores(target, model(batch), which)).double()
+                    drops = (base - target_scores(target, forward(batch), which)).double()
                     for n, (i, j) in enumerate(chunk):
                         total[i:i + self.window, j:j + self.window] += drops[n]
                         count[i:i + self.window, j:j + self.window] += 1

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import ConfigError
 from ..hooks import model_state_kept
+from ..fastpath import forward_fn
 from ..maps import upsample
 from ..passes import target_scores
 from ..registry import register
@@ -35,7 +36,8 @@ class ScoreCAM(CAMMethod):
         acts = p.activations[layer]
         size = tuple(x.shape[-2:])
         maps = []
-        with model_state_kept(model):
+        net, forward = forward_fn(model, x, [layer])
+        with model_state_kept(net):
             for b in range(acts.shape[0]):
                 a = acts[b]
                 lo, hi = a.flatten(1).amin(dim=1), a.flatten(1).amax(dim=1)
@@ -46,7 +48,7 @@ class ScoreCAM(CAMMethod):
                     up_lo = up.flatten(1).amin(dim=1).view(-1, 1, 1)
                     up_hi = up.flatten(1).amax(dim=1).view(-1, 1, 1)
                     masks = (up - up_lo) / (up_hi - up_lo).clamp(min=torch.finfo(up.dtype).tiny)
-                    logits = model(x[b : b + 1] * masks[:, None])
+                    logits = forward(x[b : b + 1] * masks[:, None])
                     probs = logits if callable(target) else logits.softmax(dim=-1)
                     scores[chunk] = target_scores(target, probs, p.target[b : b + 1]).to(scores.dtype)
                 maps.append(torch.einsum("c,chw->hw", scores, a))

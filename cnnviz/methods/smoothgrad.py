@@ -23,6 +23,7 @@ import torch
 from ..attribution import Attribution
 from ..errors import ConfigError, unknown
 from ..hooks import model_state_kept
+from ..fastpath import forward_fn
 from ..maps import to_numpy
 from ..registry import get_method, register
 from ..targets import class_indices
@@ -69,8 +70,9 @@ class SmoothGrad(Method):
             raise ConfigError("method.smoothgrad: n_samples and batch_size must be >= 1")
         inner = self.inner_method()
         x = x.detach()
-        with model_state_kept(model), torch.no_grad():
-            logits = model(x)
+        net, forward = forward_fn(model, x)
+        with model_state_kept(net), torch.no_grad():
+            logits = forward(x)
         idx = class_indices(target, logits)
         out = []
         for b in range(x.shape[0]):
