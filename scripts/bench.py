@@ -72,7 +72,7 @@ GRADIENTS = {  # cnnviz name -> captum class
     "deconvnet": "Deconvolution",
     "grad_times_image": "InputXGradient",
 }
-ITEMS = ("cams", "gradients", "classic4", "layers16", "ablation", "scorecam", "ig", "smoothgrad", "occlusion")
+ITEMS = ("cams", "gradients", "classic4", "layers16", "ablation", "scorecam", "ig", "smoothgrad", "occlusion", "gallery")
 SG_SAMPLES, SG_NOISE = 50, 0.15
 IG_STEPS = 50
 OCC_WINDOW, OCC_STRIDE = 15, 8
@@ -578,6 +578,40 @@ def targets(b: Bench) -> list[str]:
     return out
 
 
+def classic_gallery(b: Bench, repeats: int) -> list[dict]:
+    """`python run.py experiment=classic` in-process (12 items: 4 techniques x snake / cat_dog /
+    spider), each repeat into a fresh folder with the model loaded anew; the runner's own timing
+    (progress.json): wall = plan + model load + every item's compute, files, manifest and gallery."""
+    import json
+    import tempfile
+
+    from hydra import compose, initialize_config_dir
+
+    from cnnviz import plan as plan_module
+    from cnnviz.config import register_configs
+    from cnnviz.runner import run
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=classic"])
+    out = []
+    for i in range(repeats + 1):  # the first is a warm-up (imports, allocator)
+        plan_module._MODELS.clear()
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                run(cfg, Path(tmp))
+            except Exception as e:  # e.g. ../shared/images missing
+                b.log(f"classic gallery failed: {first_line(e)}")
+                return []
+            timing = json.loads((Path(tmp) / "progress.json").read_text())["timing"]
+        if i:
+            out.append(timing)
+            b.log(f"classic gallery (12 items): wall {timing['wall_s']:.2f} s = load {timing['load_s']:.2f} + compute "
+                  f"{timing['compute_s']:.2f} + files {timing['other_s']:.2f} + gallery {timing['gallery_s']:.2f}; "
+                  f"{timing['overhead']:.3f}x (load + compute)")
+    return out
+
+
 def git_rev() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -611,7 +645,14 @@ def main() -> None:
     ap.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS), help="a subset of the comparisons")
     ap.add_argument("--scorecam-layer", default=None,
                     help="efficientnet_lite0 layer for the Score-CAM rows (default bn2, 1280 channels)")
+    ap.add_argument("--exact", action="store_true",
+                    help="run cnnviz on the models as given, without its BatchNorm-folded channels-last copy "
+                         "(cnnviz.fastpath); the peers always run the models as given")
     args = ap.parse_args()
+    if args.exact:
+        from cnnviz import fastpath
+
+        fastpath.set_enabled(False)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 5
     args.ig_batches = [10] if args.quick else [None, 10, 25]
@@ -628,12 +669,13 @@ def main() -> None:
         generic, specific = name in generic_models, name in specific_models
         if generic or specific:
             run_model(b, name, generic, specific)
+    gallery = classic_gallery(b, args.repeats) if "gallery" in args.items else []
     wall = time.perf_counter() - wall0
     load1 = os.getloadavg()
 
     print(f"cnnviz {git_rev()}; {versions()}")
     print(f"1x3x224x224 input (seeded randn), target {TARGET}, {torch.get_num_threads()} threads, "
-          f"{'--quick, ' if args.quick else ''}median of {args.repeats} after 1 warm-up (slow items: 1 timed run)")
+          f"{'--quick, ' if args.quick else ''}{'--exact (no fast copy), ' if args.exact else 'fast copy on, '}median of {args.repeats} after 1 warm-up (slow items: 1 timed run)")
     print(f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; "
           f"{os.cpu_count()} CPUs")
     print()
@@ -669,6 +711,14 @@ def main() -> None:
     print("targets (measured above, never loosened):")
     for line in targets(b) or ["(no target items run)"]:
         print("  " + line)
+    if gallery:
+        import statistics
+
+        ratio = statistics.median(t["overhead"] for t in gallery)
+        verdict = "MET   " if ratio <= 1.15 else "MISSED"
+        print(f"  {verdict} classic 12-item gallery in one job: wall <= 1.15 x (model load + items' compute): "
+              f"median {ratio:.3f} over {len(gallery)} run(s) (" + ", ".join(
+                  f"{t['wall_s']:.2f} s / ({t['load_s']:.2f} + {t['compute_s']:.2f})" for t in gallery) + ")")
     print()
     print(f"total wall time {wall:.0f} s")
 
