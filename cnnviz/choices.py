@@ -10,7 +10,7 @@ from typing import Sequence
 
 from .errors import ConfigError, close_matches
 
-GROUPS = ("model", "image", "method", "experiment")
+GROUPS = ("model", "image", "method", "experiment", "metrics")
 
 
 def _values(override) -> list[str]:

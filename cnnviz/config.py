@@ -28,6 +28,8 @@ class ModelConfig:
     weights: Optional[str] = None
     path: Optional[str] = None
     library: Optional[str] = None
+    #: the network of model=torchvision_segmentation (fcn_resnet50, deeplabv3_resnet50, ...)
+    name: Optional[str] = None
     default_layer: Optional[str] = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 
@@ -42,6 +44,8 @@ class ImageConfig:
     sha256: Optional[str] = None
     #: the class explained when the top-level ``target`` is null
     target: Optional[int] = None
+    #: the object as [x0, y0, x1, y1] in original-image pixels (for metrics=pointing_game)
+    box: Optional[List[float]] = None
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Config:
     model: ModelConfig = MISSING
     image: Dict[str, ImageConfig] = field(default_factory=dict)
     method: Dict[str, Any] = field(default_factory=dict)
+    #: metrics=[deletion,insertion]: per-map metric -> its options (conf/metrics/<name>.yaml)
+    metrics: Dict[str, Any] = field(default_factory=dict)
     experiment: Optional[Any] = None
     layer: Any = None
     target: Any = None
@@ -62,6 +68,8 @@ class Config:
     seed: int = 0
     #: skip the items whose rows and files are already complete in the run folder
     resume: bool = False
+    #: run the techniques on a BatchNorm-folded channels-last copy of the model (cnnviz.fastpath)
+    fast_copy: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
 
 

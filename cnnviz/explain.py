@@ -27,13 +27,14 @@ from torch import nn
 from . import render
 from .attribution import Attribution
 from .files import atomic_write, npy_bytes, png_bytes
-from .imaging import preprocess, read_image, safe_name, to_rgb
+from .imaging import box_to_original, preprocess, read_image, safe_name, to_rgb
 from .manifest import Manifest
 from .models import class_name
 from .outputs import extra_files
 from .methods.base import Method
 from .passes import shared_passes
 from .registry import get_method
+from .segmentation import LabelLegend
 from .targets import Target
 
 
@@ -117,6 +118,10 @@ class Explanation:
     meta: dict[str, Any] = field(default_factory=dict)
     #: ``"<writer>:<key>"`` specs for files made from ``Attribution.extras`` (``cnnviz.outputs``)
     writes: tuple[str, ...] = ()
+    #: the original image's ``(w, h)`` and the preprocessing that made the picture: a box a technique
+    #: returns (``extras["bbox"]``, input pixels) is reported in original pixels; None: in input pixels
+    original_size: Optional[tuple[int, int]] = None
+    preprocess: Any = None
 
     def class_name(self, index: Optional[int]) -> str:
         return class_name(self.class_names, index)
@@ -148,7 +153,20 @@ class Explanation:
             put("npy_upsampled", f"{name}_upsampled.npy", npy_bytes(cam))
         for kind, suffix, data in extra_files(self.writes, attr.extras):
             put(kind, f"{name}_{suffix}", data)
+        for key, legend in attr.extras.items():  # label maps get the class names only the runner knows
+            if isinstance(legend, LabelLegend):
+                names = [f"{c} {self.class_name(c)}" for c in legend.classes]
+                put(f"png_{key}", f"{name}_{key}.png", png_bytes(render.label_legend(legend.image, legend.colors, names)))
         return cols
+
+    def box_columns(self, attr: Attribution) -> dict[str, Any]:
+        """``box_x0`` ... ``box_y1`` in original-image pixels from ``extras["bbox"]`` (input pixels)."""
+        box = attr.extras.get("bbox")
+        if box is None:
+            return {}
+        if self.original_size is not None and self.preprocess is not None:
+            box = box_to_original(box, self.original_size, self.preprocess)
+        return dict(zip(("box_x0", "box_y0", "box_x1", "box_y1"), (int(v) for v in box)))
 
     def rows(self, out_dir: str | os.PathLike, options: RenderOptions = RenderOptions(), with_target: bool = False) -> list[dict[str, Any]]:
         """Write every file; one manifest row (without run-level columns) per Attribution."""
@@ -163,6 +181,7 @@ class Explanation:
             row.update(picture)
             row.update(self.write_files(attr, name, out_dir, options))
             row.update(attr.metrics)
+            row.update(self.box_columns(attr))
             row.update(status="ok", error="", warnings="; ".join(attr.warnings), layers_in_call=len(self.attributions))
             out.append(row)
         return out
@@ -198,19 +217,20 @@ class Explanation:
 ImageLike = Union[str, os.PathLike, Image.Image, torch.Tensor]
 
 
-def _as_input(image: ImageLike, pre) -> tuple[torch.Tensor, np.ndarray, str]:
+def _as_input(image: ImageLike, pre) -> tuple[torch.Tensor, np.ndarray, str, Optional[tuple[int, int]]]:
+    """The input, the picture it shows, a name, and the original image's (w, h) (None for a tensor)."""
     if isinstance(image, torch.Tensor):
         x = image if image.ndim == 4 else image[None]
         mean = torch.tensor(list(pre.mean)).view(1, -1, 1, 1)
         std = torch.tensor(list(pre.std)).view(1, -1, 1, 1)
         pixels = (x[:1].detach().cpu().float() * std + mean).clamp(0, 1)
-        return x, (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "tensor"
+        return x, (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "tensor", None
     if isinstance(image, Image.Image):
         x, picture = preprocess(to_rgb(image), pre)
-        return x, picture, "image"
+        return x, picture, "image", image.size
     img, _ = read_image(image, "image")
     x, picture = preprocess(img, pre)
-    return x, picture, safe_name(Path(image).stem)
+    return x, picture, safe_name(Path(image).stem), img.size
 
 
 def explain(
@@ -231,10 +251,11 @@ def explain(
     for key in ("input_mean", "input_std"):
         if hasattr(m, key) and getattr(m, key) is None:
             setattr(m, key, [float(v) for v in (pre.mean if key == "input_mean" else pre.std)])
-    x, picture, default_name = _as_input(image, pre)
+    x, picture, default_name, size = _as_input(image, pre)
     device = next(model.parameters(), torch.empty(0)).device
     layers = [layer] if isinstance(layer, str) else list(layer or [])
     if m.needs_layer and not layers:
         raise ValueError(f"{m.name} needs layer=<dotted module name>")
     attrs = compute(m, model, x.to(device), target, layers)
-    return Explanation(safe_name(name or default_name), picture, attrs, m.renders, class_names, writes=m.writes)
+    return Explanation(safe_name(name or default_name), picture, attrs, m.renders, class_names, writes=m.writes,
+                       original_size=size, preprocess=pre)

@@ -38,6 +38,12 @@ def caption(row: pd.Series) -> str:
         parts.append(f"target {int(row['target'])} {_text(row.get('target_name'))}" + (f" p={prob:.3f}" if pd.notna(prob) else ""))
     if _text(row.get("predicted")):
         parts.append(f"predicted {int(row['predicted'])} {_text(row.get('predicted_name'))} p={row['predicted_prob']:.3f}")
+    from .metrics import metric_columns
+
+    for col in metric_columns():  # the map's faithfulness / sanity scores, when measured
+        value = pd.to_numeric(pd.Series([row.get(col)]), errors="coerce")[0]
+        if pd.notna(value):
+            parts.append(f"{col.replace('_', ' ')} {value:.3f}")
     return "; ".join(parts)
 
 
@@ -88,36 +94,44 @@ td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} 
 """
 
 
-def contact_sheet(frame: pd.DataFrame, folder: Path) -> bytes:
-    """The same grid as a matplotlib figure (PNG bytes)."""
+def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160) -> bytes:
+    """The same grid as one PNG: a header row of column titles, then per image its input and each
+    column's picture, thumbnails of ``cell`` px (composed with PIL: a matplotlib figure cost ~1 s)."""
     import io
+    import textwrap
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
+    from PIL import Image, ImageDraw, ImageFont
 
     images, columns, cells = grid(frame)
-    fig, axes = plt.subplots(len(images), len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.4 * len(images)), squeeze=False)
+    font = ImageFont.load_default()
+    pad, header, label = 4, 40, 14
+    width = (len(columns) + 1) * (cell + pad) + pad
+    height = header + len(images) * (cell + label + pad) + pad
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    titles = ["input"] + [column_title(k) for k in columns]
+    for c, title in enumerate(titles):
+        lines = textwrap.wrap(title, width=max(8, cell // 6))[:3]
+        draw.multiline_text((pad + c * (cell + pad), pad), "\n".join(lines), fill="black", font=font, spacing=1)
     for r, image in enumerate(images):
-        for c in range(len(columns) + 1):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c == 0:
-                first = next((row for (i, _), row in cells.items() if i == image), None)
-                f, title = (first.get("file_input") if first is not None else None), image
-            else:
-                row = cells.get((image, columns[c - 1]))
-                f = cell_file(row) if row is not None and row.get("status") == "ok" else None
-                title = column_title(columns[c - 1]) if r == 0 else ""
+        top = header + r * (cell + label + pad)
+        first = next((row for (i, _), row in cells.items() if i == image), None)
+        files = [first.get("file_input") if first is not None else None]
+        for key in columns:
+            row = cells.get((image, key))
+            files.append(cell_file(row) if row is not None and row.get("status") == "ok" else None)
+        for c, f in enumerate(files):
+            left = pad + c * (cell + pad)
             if isinstance(f, str) and (folder / f).is_file():
-                ax.imshow(np.asarray(Image.open(folder / f).convert("RGB")))
-            ax.set_title(title, fontsize=7)
-    fig.tight_layout()
+                with Image.open(folder / f) as im:
+                    thumb = im.convert("RGB")
+                    thumb.thumbnail((cell, cell))
+                sheet.paste(thumb, (left, top))
+            elif c > 0 and cells.get((image, columns[c - 1])) is not None:
+                draw.text((left, top + cell // 2), "error", fill="red", font=font)
+        draw.text((pad, top + cell + 1), image, fill="black", font=font)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
+    sheet.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -150,6 +150,8 @@ class ImageSource:
     origin: str = ""
     #: read while planning, so an unreadable file named in the config stops the run before work
     eager: bool = False
+    #: the object as (x0, y0, x1, y1) in original-image pixels (``image.<key>.box``), for the pointing game
+    box: Optional[tuple[float, float, float, float]] = None
 
 
 def sources_from_config(key: str, cfg) -> list[ImageSource]:
@@ -246,3 +248,53 @@ def preprocess(img: Image.Image, pre) -> tuple[torch.Tensor, np.ndarray]:
     mean = torch.tensor(list(pre.mean)).view(3, 1, 1)
     std = torch.tensor(list(pre.std)).view(3, 1, 1)
     return ((x - mean) / std)[None], picture
+
+
+def box_to_input(box: Sequence[float], size: tuple[int, int], pre) -> tuple[float, float, float, float]:
+    """Map ``box = (x0, y0, x1, y1)`` in the pixels of an original image of ``size = (w, h)`` to the
+    model input that ``preprocess`` makes of it (same resize and crop), clipped to the input.
+
+    Example: with a 224 px ``stretch``, ``box_to_input((100, 50, 300, 250), (400, 300), pre)`` is
+    about ``(56, 37.3, 168, 186.7)``.
+    """
+    w, h = size
+    sx, sy, left, top = resize_geometry(size, pre)
+    if pre.resize == "keep_aspect":  # no crop: the input is the whole resized image
+        out_w, out_h = max(1, round(w * sx)), max(1, round(h * sy))
+    else:
+        out_w = out_h = int(pre.input_size)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return (min(max(x0 * sx - left, 0.0), out_w), min(max(y0 * sy - top, 0.0), out_h),
+            min(max(x1 * sx - left, 0.0), out_w), min(max(y1 * sy - top, 0.0), out_h))
+
+
+def resize_geometry(size: tuple[int, int], pre) -> tuple[float, float, int, int]:
+    """How ``preprocess`` maps an original image of ``size = (w, h)`` onto the model input:
+    ``(sx, sy, left, top)`` with x_input = x_original · sx − left (pixel-edge coordinates)."""
+    w, h = size
+    size_in = int(pre.input_size)
+    if pre.resize == "stretch":
+        return size_in / w, size_in / h, 0, 0
+    short = size_in if pre.resize == "keep_aspect" else int(round(size_in / float(pre.crop_pct)))
+    scale = short / min(w, h)
+    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    if pre.resize == "center_crop":
+        return new_w / w, new_h / h, (new_w - size_in) // 2, (new_h - size_in) // 2
+    return new_w / w, new_h / h, 0, 0
+
+
+def box_to_original(box: Sequence[float], size: tuple[int, int], pre) -> tuple[int, int, int, int]:
+    """Map ``box = (x0, y0, x1, y1)`` in model-input pixels (pixel edges, as
+    ``cnnviz.segmentation.bounding_box`` gives) back to the original image of ``size = (w, h)``,
+    rounded outwards to whole pixels and clipped to the image.
+
+    Example: a 224 px ``stretch`` of a 448 x 224 image doubles x: ``(10, 20, 30, 40)`` -> ``(20, 20, 60, 40)``.
+    """
+    import math
+
+    w, h = size
+    sx, sy, left, top = resize_geometry(size, pre)
+    x0, y0, x1, y1 = (float(v) for v in box)
+    # the 1e-9 keeps a product like 3.0000000001 from growing the box by a whole pixel
+    return (min(max(math.floor((x0 + left) / sx + 1e-9), 0), w), min(max(math.floor((y0 + top) / sy + 1e-9), 0), h),
+            min(max(math.ceil((x1 + left) / sx - 1e-9), 0), w), min(max(math.ceil((y1 + top) / sy - 1e-9), 0), h))

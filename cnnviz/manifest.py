@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
@@ -54,13 +54,14 @@ class Manifest:
     def write(self) -> None:
         atomic_write(self.path, self.frame().to_csv(index=False).encode())
 
-    def completed(self, key: dict[str, Any], layer: Any, folder: Path) -> bool:
-        """Whether the item ``key`` at ``layer`` has an ``ok`` row whose files exist with their sha256."""
+    def completed(self, key: dict[str, Any], layer: Any, folder: Path, require: Optional[Callable[[dict], bool]] = None) -> bool:
+        """Whether the item ``key`` at ``layer`` has an ``ok`` row whose files exist with their sha256
+        (and for which ``require(row)`` holds, e.g. the configured metrics are in it)."""
         from .files import file_sha256
 
         want = _key({**key, "layer": layer})
         rows = [r for r in self.rows if _key(r) == want and r.get("status") == "ok"]
-        if not rows:
+        if not rows or (require is not None and not require(rows[-1])):
             return False
         for col, rel in rows[-1].items():
             if col.startswith("file_") and isinstance(rel, str):

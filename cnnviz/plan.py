@@ -12,14 +12,17 @@ import torch
 from hydra.utils import get_method as import_callable
 from omegaconf import DictConfig, OmegaConf
 
+from . import fastpath
 from .config import ImageConfig, ModelConfig, check_keys
-from .errors import ConfigError, unknown
+from .errors import ConfigError, close_matches, unknown
 from .hooks import capture_outputs, model_state_kept
 from .imaging import ImageSource, check_preprocess, sources_from_config, unique_names
 from .layers import resolve_layer
 from .methods.base import Method
+from .metrics import Metric, get_metric
 from .models import LoadedModel
 from .registry import get_method
+from .segmentation_models import apply_region, split_region_target
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,8 @@ class Plan:
     seed: int
     render: Any
     resume: bool = False
+    #: per-map metrics applied after each technique (``metrics=[...]``), in config order
+    metrics: dict[str, Metric] = dataclasses.field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,6 +76,38 @@ def build_methods(cfg_methods: DictConfig) -> tuple[dict[str, Method], dict[str,
     return methods, layers
 
 
+def build_metrics(cfg_metrics: Optional[DictConfig], mean, std) -> dict[str, Metric]:
+    """Metrics from ``metrics.<name>`` configs; unknown names and options are ConfigErrors."""
+    metrics = {}
+    for name, params in (cfg_metrics or {}).items():
+        cls = get_metric(str(name))
+        params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
+        valid = {f.name for f in dataclasses.fields(cls)}
+        for key in params:
+            if key not in valid:
+                near = close_matches(str(key), valid)
+                hint = f"; close matches: {', '.join(near)}" if near else ""
+                raise ConfigError(f"metrics.{name}.{key}: unknown option of {name}{hint}; valid: {', '.join(sorted(valid)) or 'none'}")
+        metric = cls(**params)
+        for key, stat in (("input_mean", mean), ("input_std", std)):  # pixel-space substrates need the normalisation
+            if getattr(metric, key, False) is None:
+                setattr(metric, key, [float(v) for v in stat])
+        metric.check()
+        metrics[str(name)] = metric
+    return metrics
+
+
+def image_box(key: str, box: Any) -> Optional[tuple[float, float, float, float]]:
+    """``image.<key>.box`` as four floats x0 < x1, y0 < y1 (original-image pixels), or None."""
+    if box is None:
+        return None
+    values = list(box)
+    if len(values) != 4 or not values[0] < values[2] or not values[1] < values[3]:
+        raise ConfigError(f"image.{key}.box must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1 "
+                          f"(original-image pixels), got {values}")
+    return tuple(float(v) for v in values)
+
+
 _MODELS: dict[str, LoadedModel] = {}
 
 
@@ -89,7 +126,8 @@ def load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
 def _load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
     loader = import_callable(cfg_model._target_)
     accepted = inspect.signature(loader).parameters
-    given = {"arch": cfg_model.arch, "weights": cfg_model.weights, "path": cfg_model.path, "library": cfg_model.library, "seed": seed}
+    given = {"arch": cfg_model.arch, "weights": cfg_model.weights, "path": cfg_model.path, "library": cfg_model.library,
+             "name": cfg_model.name, "seed": seed}
     # null means "the loader's default", except weights, where null asks for a random init
     return loader(**{k: v for k, v in given.items() if k in accepted and (v is not None or k == "weights")})
 
@@ -179,7 +217,9 @@ def build_plan(cfg: DictConfig) -> Plan:
         check_keys(image_cfg, ImageConfig, f"image.{key}")
     check_preprocess(cfg.model.preprocess)
     device = resolve_device(cfg.device)
+    fastpath.set_enabled(bool(cfg.get("fast_copy", True)))
     methods, method_layers = build_methods(cfg.method)
+    metrics = build_metrics(cfg.get("metrics"), cfg.model.preprocess.mean, cfg.model.preprocess.std)
     for m in methods.values():  # techniques that work in pixel space learn the model's normalisation
         if getattr(m, "input_mean", False) is None:
             m.input_mean = [float(v) for v in cfg.model.preprocess.mean]
@@ -187,13 +227,15 @@ def build_plan(cfg: DictConfig) -> Plan:
             m.input_std = [float(v) for v in cfg.model.preprocess.std]
     images: list[ImageSource] = []
     for key, image_cfg in (cfg.image or {}).items():
-        images.extend(sources_from_config(str(key), image_cfg))
+        box = image_box(str(key), image_cfg.get("box"))
+        images.extend(dataclasses.replace(s, box=box) if box else s for s in sources_from_config(str(key), image_cfg))
     if not images:
         raise ConfigError("no image selected: set image=<preset> or image=file image.file.path=...")
     for src in images:
         if src.eager:
             src.read()  # a file named in the config must be readable before any work starts
-    model = load_model(cfg.model, int(cfg.seed))
+    target, region = split_region_target(cfg.target)  # {class: c, region: ...} for segmentation models
+    model = apply_region(load_model(cfg.model, int(cfg.seed)), region, cfg.model.preprocess)
     model.module.to(device)
     for m in methods.values():
         m.check(model.module)
@@ -206,6 +248,6 @@ def build_plan(cfg: DictConfig) -> Plan:
         else:
             layers[name] = []
     num_classes = probe_layers(model, layers, expanded, methods, cfg.model.preprocess, device)
-    targets = parse_targets(cfg.target, num_classes)
+    targets = parse_targets(target, num_classes)
     return Plan(device, model, cfg.model.preprocess, methods, layers, targets, unique_names(images), num_classes,
-                int(cfg.seed), cfg.render, bool(cfg.resume))
+                int(cfg.seed), cfg.render, bool(cfg.resume), metrics)

@@ -113,6 +113,30 @@ def curve_plot(table: dict, title: str = "") -> np.ndarray:
     return image
 
 
+def label_legend(labels: np.ndarray, colors: np.ndarray, names: list[str], background: str = "background") -> np.ndarray:
+    """A coloured ``(H, W, 3)`` uint8 label map with a legend beside it: one patch per name in
+    ``colors`` (``(K, 3)`` uint8), then black for ``background`` -> ``(H', W', 3)`` uint8."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    h, w = labels.shape[:2]
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(6.4, 3.2), dpi=100, gridspec_kw={"width_ratios": [w / h, 1.0]})
+    ax.imshow(labels, interpolation="nearest")
+    ax.axis("off")
+    side.axis("off")
+    handles = [Patch(facecolor=np.asarray(c) / 255.0, edgecolor="black", label=n) for c, n in zip(colors, names)]
+    handles.append(Patch(facecolor="black", edgecolor="black", label=background))
+    side.legend(handles=handles, loc="center left", fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
 #: Render kinds a method may list: name -> function(values, upsampled map, image, options).
 RENDERERS: dict[str, Callable[..., np.ndarray]] = {
     "color": lambda g, cam, img, o: colored_gradient(g),

@@ -19,9 +19,12 @@ from .envinfo import environment
 from .explain import Explanation, RenderOptions, compute_group
 from .files import atomic_write
 from .gallery import write_gallery
-from .imaging import preprocess
+from .imaging import box_to_input, preprocess
 from .manifest import Manifest
+from .metrics import evaluate, writes_of
+from .metrics.pointing_game import box_mask
 from .plan import Plan, build_plan
+from .summary import write_summary
 
 log = logging.getLogger("cnnviz")
 
@@ -47,7 +50,11 @@ def units_of(plan: Plan) -> list[Unit]:
     ]
 
 
-def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
+def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
+    """Compute every item of ``plan`` into ``out_dir``; ``load_s``: the time the plan took to build
+    (model load), reported with the run's own timing in the log and in ``progress.json``."""
+    wall0 = time.perf_counter()
+    clock = {"compute": 0.0}
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     env = environment(str(plan.device), plan.seed, plan.model.weights_sha256)
@@ -81,32 +88,62 @@ def execute(plan: Plan, out_dir: Path) -> pd.DataFrame:
             if isinstance(loaded, Exception):
                 results = {u.method: (loaded, 0.0) for u in todo}
             else:
-                sha, x, picture = loaded
+                sha, x, picture, mask, _ = loaded
                 target = src.default_target if target_request is None else target_request
                 torch.manual_seed(plan.seed)
                 results = compute_group({u.method: plan.methods[u.method] for u in todo}, plan.model.module, x,
                                         None if target == "top1" else target, {u.method: u.layers for u in todo})
+            clock["compute"] += time.perf_counter() - start
             for unit in todo:
                 result, ms = results[unit.method]
+                if plan.metrics and not isinstance(result, Exception) and not isinstance(loaded, Exception):
+                    result = [evaluate(plan.metrics, a, plan.model.module, x, method=plan.methods[unit.method],
+                                       layers=unit.layers, mask=mask) for a in result]
                 _record(manifest, unit, base[unit.method], result, ms, loaded, src, plan, out_dir, options, with_target)
                 progress.update(1)
             log.debug("group %s / target %s: %.0f ms", src.name, target_request, (time.perf_counter() - start) * 1000)
     progress.close()
     frame = manifest.frame()
+    gallery0 = time.perf_counter()
     write_gallery(out_dir, frame)
+    clock["gallery"] = time.perf_counter() - gallery0
+    if plan.metrics:
+        write_summary(out_dir, frame)
     failed = int((frame["status"] == "error").sum())
     if skipped:
         log.info("resume: %d item(s) already complete, skipped", skipped)
     log.info("done: %d ok, %d failed; outputs in %s", len(frame) - failed, failed, out_dir)
+    report_timing(out_dir, planned, len(units), load_s, time.perf_counter() - wall0, clock)
     return frame
+
+
+def report_timing(out_dir: Path, planned: int, calls: int, load_s: float, run_s: float, clock: dict) -> None:
+    """Where the time went: plan + model load, the techniques' compute, and the rest (images, files,
+    manifest, metrics, gallery); ``overhead`` = (load + run) / (load + compute)."""
+    timing = {"load_s": load_s, "compute_s": clock["compute"], "gallery_s": clock.get("gallery", 0.0),
+              "other_s": run_s - clock["compute"] - clock.get("gallery", 0.0), "wall_s": load_s + run_s}
+    timing["overhead"] = timing["wall_s"] / max(load_s + clock["compute"], 1e-9)
+    atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": calls,
+                                                        "timing": {k: round(v, 4) for k, v in timing.items()}}).encode())
+    log.info("time: %.2f s = load %.2f s + compute %.2f s + files/metrics %.2f s + gallery %.2f s (%.2fx load + compute)",
+             timing["wall_s"], load_s, timing["compute_s"], timing["other_s"], timing["gallery_s"], timing["overhead"])
 
 
 def missing_parts(units: list[Unit], base: dict, manifest: Manifest, plan: Plan, out_dir: Path) -> tuple[list[Unit], int]:
     """The calls still to do, each narrowed to its unfinished layers, and how many items are done.
     A technique whose layers are computed jointly (LayerCAM's fusion) is redone whole."""
     todo, done = [], 0
+    wanted = json.loads(metric_record(plan.metrics))
+
+    def has_metrics(row: dict) -> bool:
+        """Metrics are not part of an item's key: a row made without (or with other options of) a
+        metric now configured is incomplete, and its recompute replaces it."""
+        done_with = row.get("metric_params")
+        done_with = json.loads(done_with) if isinstance(done_with, str) and done_with else {}
+        return all(done_with.get(name) == params for name, params in wanted.items())
+
     for u in units:
-        missing = [l for l in (u.layers or (None,)) if not manifest.completed(base[u.method], l, out_dir)]
+        missing = [l for l in (u.layers or (None,)) if not manifest.completed(base[u.method], l, out_dir, has_metrics)]
         done += len(u.layers or (None,)) - len(missing)
         if not missing:
             continue
@@ -127,12 +164,15 @@ def _record(manifest: Manifest, unit: Unit, base: dict, result, ms: float, loade
     try:
         if isinstance(result, Exception):
             raise result
-        sha, _, picture = loaded
+        sha, _, picture, _, original_size = loaded
         share = ms / len(result)
         meta = {"image_sha256": sha, "model": plan.model.name, "weights": plan.model.weights,
                 "target_request": unit.target_request, "duration_ms": round(share, 1)}
+        if plan.metrics:
+            meta["metric_params"] = metric_record(plan.metrics)
         method = plan.methods[unit.method]
-        ex = Explanation(src.name, picture, result, method.renders, plan.model.class_names, meta, method.writes)
+        ex = Explanation(src.name, picture, result, method.renders, plan.model.class_names, meta,
+                         method.writes + writes_of(plan.metrics), original_size=original_size, preprocess=plan.preprocess)
         for row in ex.rows(out_dir, options, with_target):
             manifest.add(row)
             log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", src.name, unit.method,
@@ -146,16 +186,25 @@ def _record(manifest: Manifest, unit: Unit, base: dict, result, ms: float, loade
                           "status": "error", "error": error, "duration_ms": round(ms, 1)})
 
 
+def metric_record(metrics: dict) -> str:
+    """The ``metric_params`` cell: every configured metric and its options, as JSON."""
+    return json.dumps({name: m.params() for name, m in metrics.items()}, sort_keys=True, default=str)
+
+
 def _load(src, plan: Plan):
-    """(sha256, input, picture), or the exception, kept so that every item of the image reports it."""
+    """(sha256, input, picture, object mask or None, original (w, h)), or the exception, kept so
+    that every item of the image reports it."""
     try:
         img, sha = src.read()
         x, picture = preprocess(img, plan.preprocess)
-        return sha, x.to(plan.device), picture
+        mask = box_mask(tuple(x.shape[-2:]), box_to_input(src.box, img.size, plan.preprocess)) if src.box else None
+        return sha, x.to(plan.device), picture, mask, img.size
     except Exception as e:
         return e
 
 
 def run(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
     """Check the whole configuration (``ConfigError`` before any work), then compute every item."""
-    return execute(build_plan(cfg), Path(out_dir))
+    start = time.perf_counter()
+    plan = build_plan(cfg)
+    return execute(plan, Path(out_dir), time.perf_counter() - start)

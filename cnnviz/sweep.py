@@ -12,6 +12,7 @@ import pandas as pd
 
 from .files import atomic_write
 from .gallery import write_gallery
+from .summary import write_summary
 
 log = logging.getLogger("cnnviz")
 
@@ -48,4 +49,8 @@ except ImportError:  # pragma: no cover
 
 class MergeSweep(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
-        merge(Path(config.hydra.sweep.dir))
+        root = Path(config.hydra.sweep.dir)
+        table = write_summary(root, merge(root))  # summary.csv / .png when the jobs measured metrics
+        if not table.empty:
+            log.info("summary of %d method x layer group(s), ranked by %s: %s", len(table), table.attrs["ranked_by"],
+                     root / "summary.csv")

@@ -84,6 +84,12 @@ TINY_PARAMS = {
     "occlusion": {"window": 3, "stride": 2},
     "integrated_gradients": {"n_steps": 8, "internal_batch_size": 3},
     "smoothgrad": {"n_samples": 4, "batch_size": 3},
+    # images made by optimisation: a few steps, scales and shifts that fit 10x12 inputs
+    "class_model": {"steps": 3, "snapshot_every": 2},
+    "class_model_regularized": {"steps": 3, "snapshot_every": 2, "jitter": 2, "blur_every": 2},
+    "inverted_representation": {"steps": 3, "snapshot_every": 2},
+    "filter_visualization": {"steps": 3, "snapshot_every": 2, "jitter": 2, "blur_every": 2},
+    "deep_dream": {"steps": 2, "snapshot_every": 2, "octaves": 2, "jitter": 2},
 }
 
 

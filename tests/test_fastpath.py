@@ -120,3 +120,17 @@ def test_instrumented_model_runs_as_given():
     finally:
         handle.remove()
     assert calls == [1]
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_fast_copy_config_key_switches_the_copy(flag):
+    from test_config import compose_cfg
+
+    from cnnviz.plan import build_plan
+
+    plan = build_plan(compose_cfg([f"fast_copy={str(flag).lower()}", "method=vanilla_backprop"]))
+    try:
+        x = torch.randn(1, 3, 64, 64)
+        assert (fast_model(plan.model.module, x)[0] is not plan.model.module) is flag  # efficientnet has BatchNorms
+    finally:
+        fastpath.set_enabled(True)

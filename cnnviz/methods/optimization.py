@@ -1,0 +1,354 @@
+"""Images made by optimisation: the shared loop of class models, inversions, filter visualisations
+and deep dream.
+
+A technique of this family optimises a float image ``I`` in the model's normalised input space,
+``I ← step(I, ∇_I loss(I))``, with the model frozen (parameters ``requires_grad_(False)``, eval
+mode; both restored afterwards, also after an error). After every step ``I`` is clamped to the
+valid range ``[(0 − mean)/std, (1 − mean)/std]`` per channel, i.e. to pixels in ``[0, 1]``.
+
+``input_mean`` / ``input_std`` are the model's normalisation: the runner and ``explain()`` fill
+them from the preprocessing config; left at ``None`` in a direct call the input is taken to be
+pixels already (mean 0, std 1), as everywhere in ``cnnviz.inputspace``.
+
+Results: ``values`` is the final image ``(B, 3, H, W)`` in normalised space; ``extras`` hold,
+for item 0, the final picture (``final``, uint8), the snapshot frames (``snapshots``: the start,
+every ``snapshot_every`` steps, the end) and the loss table (``loss``: step, loss, one column per
+term; the last row is the final image, without jitter). Everything random (noise starts,
+jitter) comes from a generator seeded with ``seed``, so a CPU run is bitwise repeatable.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from torch import nn
+from tqdm import tqdm
+
+from ..attribution import Attribution
+from ..errors import ConfigError, unknown
+from ..hooks import model_state_kept, removing
+from ..inputspace import stats
+from ..layers import resolve_layer
+from ..maps import to_numpy
+from .base import Method
+
+OPTIMIZERS = ("adam", "sgd")
+
+#: per-image loss ``(B,)`` and its named terms, each ``(B,)``
+Losses = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+# --- pure helpers --------------------------------------------------------------------------------
+
+def to_pixels(img: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalised ``(B, C, H, W)`` -> pixels in ``[0, 1]``."""
+    m, s = stats(img, mean, std)
+    return (img * s + m).clamp(0, 1)
+
+
+def picture(img: torch.Tensor, mean, std, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Item 0 as a uint8 ``(H, W, 3)`` picture, resized (bilinear) to ``size`` when given."""
+    one = img[:1].detach().float()
+    if size is not None and tuple(one.shape[-2:]) != tuple(size):
+        one = F.interpolate(one, size=tuple(size), mode="bilinear", align_corners=False)
+    pixels = to_pixels(one, mean, std)[0].permute(1, 2, 0).cpu().numpy()
+    return (pixels * 255).round().astype(np.uint8)
+
+
+def start_image(x: torch.Tensor, init: str, mean, std, generator: torch.Generator) -> torch.Tensor:
+    """A start image shaped like ``x``: ``zero`` (black pixels), ``mean`` (the normalisation's mean
+    colour, i.e. 0 in normalised space: Simonyan et al.'s "zero image" of mean-subtracted input) or
+    ``noise`` (the mean colour plus N(0, 0.1²) per pixel value, clipped to [0, 1]). The noise is
+    drawn on the CPU, so it is the same on every device."""
+    m, s = stats(x, mean, std)
+    if init == "zero":
+        return ((0 - m) / s).expand_as(x).clone()
+    if init == "mean":
+        return torch.zeros_like(x)
+    if init == "noise":
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        return (((m + 0.1 * noise).clamp(0, 1)) - m) / s
+    raise ValueError(f"unknown init '{init}'")
+
+
+def jitter(img: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
+    """Roll the image by a random ``(dy, dx)`` in ``[-pixels, pixels]`` (wrapping around); the
+    gradient flows back through the roll, so it arrives unshifted."""
+    if pixels <= 0:
+        return img
+    h, w = img.shape[-2:]
+    dy = int(torch.randint(-min(pixels, h - 1), min(pixels, h - 1) + 1, (1,), generator=generator))
+    dx = int(torch.randint(-min(pixels, w - 1), min(pixels, w - 1) + 1, (1,), generator=generator))
+    return torch.roll(img, shifts=(dy, dx), dims=(-2, -1))
+
+
+def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of width ``sigma`` pixels (kernel radius 3σ, reflect padding, which needs the
+    radius below the image size)."""
+    if sigma <= 0:
+        return img
+    radius = max(1, min(int(np.ceil(3 * sigma)), min(img.shape[-2:]) - 1))
+    return TF.gaussian_blur(img, [2 * radius + 1] * 2, [float(sigma)] * 2)
+
+
+def zero_below_percentile(img: torch.Tensor, score: torch.Tensor, percentile: float) -> torch.Tensor:
+    """Set to 0 the pixels (all channels) of each image whose ``score`` ``(B, H, W)`` lies below
+    that image's ``percentile`` -th percentile."""
+    if percentile <= 0:
+        return img
+    threshold = torch.quantile(score.flatten(1).float(), percentile / 100.0, dim=1).to(score.dtype)
+    keep = score >= threshold.view(-1, 1, 1)
+    return img * keep[:, None]
+
+
+# --- reading a layer -----------------------------------------------------------------------------
+
+class _LayerReached(Exception):
+    """Raised by the layer hook to stop the forward pass once the layer's output is known."""
+
+
+@contextmanager
+def layer_reader(model: nn.Module, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """``read(img)`` -> the output of ``layer`` for ``img``, in the autograd graph.
+
+    One hook for the whole ``with`` block (removed in ``finally``); the forward pass stops at the
+    layer, so the rest of the network costs nothing. The output is the module's own tensor: no
+    in-place operation after the layer ever runs on it.
+    """
+    module = resolve_layer(model, layer)
+    box: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise ConfigError(
+                f"layer '{layer}' returns {type(output).__name__}, not a tensor; choose a module that outputs a single tensor"
+            )
+        box.append(output)
+        raise _LayerReached
+
+    def read(img: torch.Tensor) -> torch.Tensor:
+        box.clear()
+        try:
+            model(img)
+        except _LayerReached:
+            return box[0]
+        raise ConfigError(f"layer '{layer}' never ran in the forward pass; choose a layer the model calls")
+
+    with removing([module.register_forward_hook(hook)]):
+        yield read
+
+
+def filter_of(act: torch.Tensor, index: int, method: str, layer: str) -> torch.Tensor:
+    """Channel ``index`` of a ``(B, C, ...)`` activation, or a ConfigError naming the key."""
+    if act.ndim < 2 or not 0 <= index < act.shape[1]:
+        raise ConfigError(
+            f"method.{method}.filter={index} is out of range: layer '{layer}' has "
+            f"{act.shape[1] if act.ndim >= 2 else 0} channels (shape {tuple(act.shape)})"
+        )
+    return act[:, index]
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+@dataclass
+class Trace:
+    """Item 0's loss rows and snapshot frames, across every optimiser of one call."""
+
+    size: tuple[int, int]
+    columns: dict[str, list[float]] = field(default_factory=dict)
+    frames: list[np.ndarray] = field(default_factory=list)
+    step: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def record(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        row = {"step": float(step), "loss": float(loss[0]), **{k: float(v[0]) for k, v in terms.items()}}
+        for key, value in row.items():
+            self.columns.setdefault(key, []).append(value)
+
+    def table(self) -> dict[str, np.ndarray]:
+        table = {k: np.asarray(v, dtype=np.float64) for k, v in self.columns.items()}
+        table["step"] = table["step"].astype(np.int64)
+        return table
+
+
+@dataclass
+class OptimizationMethod(Method):
+    """Base of the techniques that make an image by gradient descent on ``losses``.
+
+    A subclass implements ``prepare`` (per-call constants, e.g. the target features), ``start``,
+    ``losses`` (per-image loss to *minimise* and its terms) and ``metrics``; optionally
+    ``regularize`` (a function of the image applied after each step, e.g. blur) and
+    ``optimize`` (deep dream's octaves call ``descend`` once per scale).
+    """
+
+    kind: ClassVar[str] = "optimization"
+    renders: ClassVar[tuple[str, ...]] = ()
+    writes: ClassVar[tuple[str, ...]] = ("png:final", "strip:snapshots", "gif:snapshots", "csv:loss", "plot:loss")
+
+    steps: int = 100
+    lr: float = 0.1
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    lr_decay: float = 1.0
+    lr_decay_every: int = 0
+    snapshot_every: int = 10
+    seed: int = 0
+    input_mean: Optional[list[float]] = None
+    input_std: Optional[list[float]] = None
+
+    # -- configuration
+
+    def key(self, name: str) -> str:
+        return f"method.{self.name}.{name}"
+
+    def check_params(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown("optimizer", self.key("optimizer"), self.optimizer, OPTIMIZERS)
+        if self.optimizer != "sgd" and self.momentum:
+            raise ConfigError(f"{self.key('momentum')} applies to optimizer=sgd only; set it to 0 or use optimizer=sgd")
+        for name in ("steps", "snapshot_every"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{self.key(name)} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"{self.key('lr')} must be > 0, got {self.lr}")
+        if self.lr_decay_every < 0 or not 0 < self.lr_decay <= 1:
+            raise ConfigError(
+                f"{self.key('lr_decay')} must be in (0, 1] and {self.key('lr_decay_every')} >= 0 (0: never), "
+                f"got {self.lr_decay} and {self.lr_decay_every}"
+            )
+
+    def check(self, model: nn.Module) -> None:
+        self.check_params()
+
+    # -- the parts a technique provides
+
+    def prepare(self, model: nn.Module, x: torch.Tensor, target: Any, layer: Optional[str], logits: torch.Tensor,
+                read: Optional[Callable]) -> dict[str, Any]:
+        """Per-call constants for ``losses`` and ``metrics`` (never stored on ``self``: one instance
+        serves a whole sweep)."""
+        return {}
+
+    def start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def losses(self, model: nn.Module, img: torch.Tensor, ctx: dict[str, Any],
+               generator: Optional[torch.Generator]) -> Losses:
+        """Per-image loss to minimise; ``generator`` is None for the final, un-jittered evaluation."""
+        raise NotImplementedError
+
+    def regularize(self, img: torch.Tensor, grad: torch.Tensor, step: int) -> torch.Tensor:
+        """The image after a step's regularisation (before the clamp); ``grad`` is that step's
+        gradient of the loss."""
+        return img
+
+    def metrics(self, model: nn.Module, x: torch.Tensor, start: torch.Tensor, final: torch.Tensor,
+                ctx: dict[str, Any]) -> dict[str, float]:
+        return {}
+
+    def optimize(self, model: nn.Module, start: torch.Tensor, ctx: dict[str, Any], generator: torch.Generator,
+                 trace: Trace) -> torch.Tensor:
+        return self.descend(model, start, ctx, generator, trace, self.steps)
+
+    # -- the shared machinery
+
+    def bounds(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, s = stats(img, self.input_mean, self.input_std)
+        return (0 - m) / s, (1 - m) / s
+
+    def lr_at(self, step: int) -> float:
+        """``lr · lr_decay^⌊step / lr_decay_every⌋``: the first decay comes after ``lr_decay_every``
+        steps, never at step 0."""
+        return self.lr * self.lr_decay ** (step // self.lr_decay_every) if self.lr_decay_every else self.lr
+
+    def make_optimizer(self, img: torch.Tensor) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam([img], lr=self.lr)
+        return torch.optim.SGD([img], lr=self.lr, momentum=self.momentum)
+
+    def descend(self, model: nn.Module, start: torch.Tensor, ctx: dict[str, Any], generator: torch.Generator,
+                trace: Trace, steps: int) -> torch.Tensor:
+        """``steps`` steps of one optimiser (built once) on a copy of ``start``; returns the image."""
+        img = start.detach().clone().requires_grad_(True)
+        opt = self.make_optimizer(img)
+        low, high = self.bounds(img)
+        for i in tqdm(range(steps), desc=self.name, unit="step", disable=None, leave=False):
+            for group in opt.param_groups:
+                group["lr"] = self.lr_at(i)
+            with torch.enable_grad():
+                loss, terms = self.losses(model, img, ctx, generator)
+                (grad,) = torch.autograd.grad(loss.sum(), img)
+            trace.record(trace.step, loss.detach(), {k: v.detach() for k, v in terms.items()})
+            if trace.step == 0 and not bool(grad[:1].any()):
+                trace.notes.append(
+                    f"{self.name}: the gradient is zero at the start image, so nothing moves (e.g. a randomly "
+                    "initialised network with zero biases sees only zeros in a constant image); "
+                    + (f"start from noise: {self.key('init')}=noise" if hasattr(self, "init") else "choose another layer"))
+            img.grad = grad
+            opt.step()
+            with torch.no_grad():
+                img.copy_(torch.clamp(self.regularize(img, grad, i), low, high))
+            trace.step += 1
+            if trace.step % self.snapshot_every == 0:
+                trace.frames.append(picture(img, self.input_mean, self.input_std, trace.size))
+        img.grad = None
+        return img.detach()
+
+    def attribute(self, model, x, target, layer):
+        if x.shape[0] > 1:  # each image on its own, so its result does not depend on the batch it came in
+            each = [target[b] if isinstance(target, (list, tuple)) else target for b in range(x.shape[0])]
+            parts = [self.attribute(model, x[b:b + 1], t, layer) for b, t in enumerate(each)]
+            first = parts[0]
+            return dataclasses.replace(first, values=np.concatenate([p.values for p in parts]),
+                                       logits=np.concatenate([p.logits for p in parts]),
+                                       target=tuple(i for p in parts for i in p.target))
+        self.check_params()
+        x = x.detach()
+        generator = torch.Generator().manual_seed(int(self.seed))
+        with model_state_kept(model):
+            with torch.no_grad():
+                logits = model(x)  # the full network, before the layer reader cuts it short
+            with layer_reader(model, layer) if layer else _no_reader() as read:
+                with torch.no_grad():
+                    ctx = {"read": read, **self.prepare(model, x, target, layer, logits, read)}
+                start = self.start(x, generator)
+                trace = Trace(size=tuple(x.shape[-2:]))
+                trace.frames.append(picture(start, self.input_mean, self.input_std, trace.size))
+                final = self.optimize(model, start, ctx, generator, trace)
+                with torch.no_grad():
+                    loss, terms = self.losses(model, final, ctx, None)
+                    start_loss, _ = self.losses(model, start, ctx, None)
+                    metrics = {"final_loss": float(loss[0]), **self.metrics(model, x, start, final, ctx)}
+        trace.record(trace.step, loss, terms)
+        if trace.step % self.snapshot_every:  # the last step was not a snapshot already
+            trace.frames.append(picture(final, self.input_mean, self.input_std, trace.size))
+        warnings = tuple(trace.notes)
+        if not warnings and float(loss[0]) >= float(start_loss[0]):
+            warnings = (f"{self.name}: the loss did not decrease ({float(start_loss[0]):.4g} -> {float(loss[0]):.4g}); "
+                        f"try another {self.key('lr')} or more {self.key('steps')}",)
+        return Attribution(
+            method=self.name,
+            values=to_numpy(final),
+            logits=to_numpy(logits),
+            target=ctx.get("target", ()),
+            layer=layer,
+            params=self.params(),
+            warnings=warnings,
+            metrics=metrics,
+            extras={
+                "final": picture(final, self.input_mean, self.input_std),
+                "snapshots": np.stack(trace.frames),
+                "loss": trace.table(),
+            },
+        )
+
+
+@contextmanager
+def _no_reader():
+    yield None

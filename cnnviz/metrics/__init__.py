@@ -1,0 +1,32 @@
+"""Faithfulness and sanity metrics of attribution maps, one module per metric.
+
+A metric is a dataclass whose fields are its options (``conf/metrics/<name>.yaml`` holds the same
+keys); it is called on a ``Sample`` (the map, the input, a callable model) and returns a
+``MetricResult`` whose ``values`` become manifest columns and whose ``extras`` become files through
+its ``writes`` specs. The pure functions behind each metric (``perturbation_curve``,
+``model_randomization``, ``completeness``, ``pointing_game``) take arrays, tensors and callables,
+never a config.
+
+Example::
+
+    from cnnviz.metrics import get_metric, evaluate
+    attr = get_method("gradcam")()(model, x, 243, layer="bn2")
+    attr = evaluate({"deletion": get_metric("deletion")(steps=20)}, attr, model, x)
+    attr.metrics["deletion_auc"]
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from .base import Metric, MetricResult, Sample, get_metric, list_metrics, metric_columns, register_metric, saliency
+
+_SKIP = {"base", "evaluate", "perturbation"}
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in _SKIP:
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+from .evaluate import evaluate, writes_of  # noqa: E402
+
+__all__ = ["Metric", "MetricResult", "Sample", "evaluate", "get_metric", "list_metrics", "metric_columns",
+           "register_metric", "saliency", "writes_of"]

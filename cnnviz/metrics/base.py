@@ -1,0 +1,125 @@
+"""The metric contract, its inputs, and the strict registry of metric names."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import unknown
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What a metric sees of one map: no config, no technique object.
+
+    ``values``: the raw map of one image, ``(C, H, W)`` for input-space techniques or ``(h, w)`` for
+    CAMs; ``cam``: a CAM's map upsampled to the input's ``(H, W)``, else ``None``. ``x``: the
+    normalised ``(1, C, H, W)`` input. ``forward``: logits of a batch, without gradients.
+    ``explain``: the same technique's map (as ``saliency`` reduces it) on another model, for the
+    randomisation test. ``baseline``: the technique's reference input (integrated gradients).
+    ``mask``: boolean ``(H, W)`` object region in input pixels (pointing game).
+    """
+
+    method: str
+    values: np.ndarray
+    cam: Optional[np.ndarray]
+    x: torch.Tensor
+    target: Optional[int]
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    model: Optional[nn.Module] = None
+    explain: Optional[Callable[[nn.Module], np.ndarray]] = None
+    baseline: Optional[torch.Tensor] = None
+    mask: Optional[np.ndarray] = None
+
+
+@dataclass
+class MetricResult:
+    #: manifest columns; an empty dict means "does not apply to this map"
+    values: dict[str, float] = field(default_factory=dict)
+    #: raw results for the ``writes`` specs (tables ``{column: 1-D array}``)
+    extras: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+def saliency(sample: Sample, reduce: str = "abs") -> np.ndarray:
+    """The ``(H, W)`` map a metric ranks pixels by: a CAM's upsampled map as it is; an input-space
+    map reduced over channels, ``abs`` = Σ_c |g_c| (the gray render before clipping: evidence of
+    either sign), ``signed`` = Σ_c g_c (positive evidence first, for IG / LRP relevance)."""
+    if sample.cam is not None:
+        return np.nan_to_num(sample.cam.astype(np.float64))
+    v = sample.values.astype(np.float64)
+    if v.ndim == 2:
+        return np.nan_to_num(v)
+    return np.nan_to_num(np.abs(v).sum(axis=0) if reduce == "abs" else v.sum(axis=0))
+
+
+@dataclass
+class Metric:
+    """A metric: its dataclass fields are its options."""
+
+    name: ClassVar[str] = ""
+    #: manifest columns this metric can fill (the summary and the gallery read them)
+    columns: ClassVar[tuple[str, ...]] = ()
+    #: ``"<writer>:<key>"`` specs for its extras, see ``cnnviz.outputs``
+    writes: ClassVar[tuple[str, ...]] = ()
+    #: True: larger values are better (used to rank in the summary)
+    higher_is_better: ClassVar[dict[str, bool]] = {}
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for options that cannot work, before any work is done."""
+
+    def __call__(self, sample: Sample) -> MetricResult:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type] = {}
+M = TypeVar("M", bound=type)
+
+
+def register_metric(name: str) -> Callable[[M], M]:
+    """Class decorator adding a metric under ``name``; a duplicate name raises."""
+
+    def add(cls: M) -> M:
+        if name in _REGISTRY:
+            raise ValueError(f"metric name '{name}' is already registered by {_REGISTRY[name].__module__}."
+                             f"{_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def _load() -> None:
+    from .. import metrics  # noqa: F401  (importing registers every metric)
+
+
+def get_metric(name: str) -> type:
+    """The metric class registered as ``name``; an unknown name lists close matches."""
+    _load()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise unknown("metric", "metrics", name, _REGISTRY) from None
+
+
+def list_metrics() -> list[str]:
+    _load()
+    return sorted(_REGISTRY)
+
+
+def metric_columns() -> dict[str, bool]:
+    """Every metric column of every registered metric -> whether higher is better."""
+    _load()
+    out: dict[str, bool] = {}
+    for cls in (_REGISTRY[n] for n in sorted(_REGISTRY)):
+        for col in cls.columns:
+            out[col] = cls.higher_is_better.get(col, True)
+    return out

@@ -1,0 +1,231 @@
+"""Images made by optimisation (issue 7): class models, inverted representations, filter
+visualisation, deep dream. Analytic checks of the regularisers on small tensors, the paper-level
+claims on the embedded model (loaded once for the module), and one end-to-end run."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cnnviz import get_method
+from cnnviz.methods.inverted_representation import alpha_norm, total_variation
+from cnnviz.methods.optimization import zero_below_percentile
+from conftest import TinyCNN, hook_count, run_cli
+
+HALF = {"input_mean": [0.5] * 3, "input_std": [0.5] * 3}
+TECHNIQUES = ["class_model", "class_model_regularized", "inverted_representation", "filter_visualization", "deep_dream"]
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    from cnnviz.models import efficientnet_lite0
+
+    return efficientnet_lite0().module
+
+
+@pytest.fixture(scope="module")
+def chelsea():
+    from cnnviz.explain import Preprocess
+    from cnnviz.imaging import preprocess, read_skimage
+
+    x, _ = preprocess(read_skimage("chelsea")[0], Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3))
+    return x
+
+
+def tiny_inputs(seed=0):
+    return torch.randn(1, 3, 10, 12, generator=torch.Generator().manual_seed(seed))
+
+
+# --- the regularisers, by hand ---------------------------------------------------------------------
+
+def test_total_variation_matches_a_hand_computation_along_both_axes():
+    x = torch.arange(2 * 3 * 4, dtype=torch.float64).reshape(1, 2, 3, 4) ** 1.5  # uneven steps
+    for beta in (2.0, 1.0, 3.0):
+        expected = 0.0
+        for c, i, j in itertools.product(range(2), range(2), range(3)):  # i < H-1, j < W-1
+            right = x[0, c, i, j + 1] - x[0, c, i, j]
+            down = x[0, c, i + 1, j] - x[0, c, i, j]
+            expected += float(right ** 2 + down ** 2) ** (beta / 2)
+        assert float(total_variation(x, beta)[0]) == pytest.approx(expected, rel=1e-12)
+    columns_only = torch.tensor([0.0, 1.0, 3.0]).repeat(1, 1, 3, 1)  # changes along a row only
+    rows_only = columns_only.transpose(-1, -2)
+    channels_only = torch.arange(3.0).view(1, 3, 1, 1).expand(1, 3, 3, 3)  # the classic's third axis
+    assert float(total_variation(columns_only, 2.0)[0]) == float(total_variation(rows_only, 2.0)[0]) == 2 * (1 ** 2 + 2 ** 2)  # 2 rows x 2 steps
+    assert float(total_variation(channels_only, 2.0)[0]) == 0.0
+
+
+def test_total_variation_gradient_is_finite_on_flat_patches_for_beta_below_two():
+    x = torch.zeros(1, 1, 4, 4, requires_grad=True)
+    total_variation(x, 1.0).sum().backward()
+    assert torch.isfinite(x.grad).all() and float(total_variation(x.detach(), 1.0)[0]) == 0.0
+
+
+def test_alpha_norm_takes_the_absolute_value():
+    x = torch.tensor([[-2.0, 1.0, -0.5]])
+    assert float(alpha_norm(x, 3.0)[0]) == pytest.approx(8 + 1 + 0.125)  # without abs(): -7.125
+
+
+def test_learning_rate_decay_never_fires_at_step_zero():
+    m = get_method("inverted_representation")(lr=1.0, lr_decay=0.5, lr_decay_every=3)
+    assert [m.lr_at(s) for s in range(8)] == [1, 1, 1, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert get_method("inverted_representation")(lr=1.0, lr_decay_every=0).lr_at(1000) == 1.0
+
+
+def test_percentile_clipping_zeroes_whole_pixels_below_the_percentile():
+    img = torch.ones(1, 3, 2, 2)
+    score = torch.tensor([[[1.0, 4.0], [3.0, 2.0]]])
+    out = zero_below_percentile(img, score, 50)  # median 2.5: pixels scoring 1 and 2 go
+    assert out[0, :, 0, 0].eq(0).all() and out[0, :, 1, 1].eq(0).all()
+    assert out[0, :, 0, 1].eq(1).all() and out[0, :, 1, 0].eq(1).all()
+
+
+def test_yosinski_clipping_acts_on_the_image_not_on_the_weights():
+    model = TinyCNN()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    m = get_method("class_model_regularized")(**HALF, steps=1, init="noise", decay=0, blur_every=0, jitter=0,
+                                                norm_percentile=50, contribution_percentile=0)
+    out = m(model, tiny_inputs(), 2).values[0]
+    zero_pixels = (out == 0).all(axis=0)
+    assert zero_pixels.sum() >= zero_pixels.size // 2  # half the pixels set to the mean colour
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    # small contribution: |Σ_c I ⊙ ∇I| below the percentile, computed on the regularised image
+    m = get_method("class_model_regularized")(**HALF, decay=0, blur_every=0, norm_percentile=0, contribution_percentile=25)
+    img, grad = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    contribution = (img * grad).sum(1).abs()[0]
+    kept = m.regularize(img, grad, 0)[0]
+    threshold = np.quantile(contribution.numpy(), 0.25)
+    for i, j in itertools.product(range(4), range(4)):
+        assert torch.equal(kept[:, i, j], torch.zeros(3) if contribution[i, j] < threshold else img[0, :, i, j])
+
+
+# --- contract details on the tiny model --------------------------------------------------------------
+
+@pytest.mark.parametrize("name", TECHNIQUES)
+def test_image_stays_in_the_valid_range_and_frames_are_the_input_size(name):
+    from conftest import tiny_method
+
+    m = tiny_method(name, **HALF)
+    layer = "features.3" if m.needs_layer else None
+    attr = m(TinyCNN(), 3 * tiny_inputs(), 1, layer=layer)  # an input beyond the range, for deep dream
+    lo, hi = -1.0, 1.0
+    if name != "deep_dream":
+        assert attr.values.min() >= lo and attr.values.max() <= hi
+    else:  # the dream starts from x itself; every step clamps
+        assert attr.values.min() >= lo - 1e-6 and attr.values.max() <= hi + 1e-6
+    frames = attr.extras["snapshots"]
+    assert frames.dtype == np.uint8 and frames.shape[1:] == (10, 12, 3)
+    total = m.steps * getattr(m, "octaves", 1)
+    assert len(frames) == 1 + total // m.snapshot_every + (total % m.snapshot_every > 0)  # start, every n, final
+    table = attr.extras["loss"]
+    assert list(table["step"]) == list(range(len(table["step"])))
+    assert table["loss"][-1] == pytest.approx(attr.metrics["final_loss"])
+    assert attr.extras["final"].shape == (10, 12, 3)
+
+
+def test_same_seed_same_result_bitwise_other_seed_differs():
+    def run(seed):
+        m = get_method("class_model_regularized")(**HALF, steps=4, init="noise", jitter=3, seed=seed)
+        return m(TinyCNN(), tiny_inputs(), 2)
+
+    a, b, c = run(0), run(0), run(1)
+    assert np.array_equal(a.values, b.values) and np.array_equal(a.extras["snapshots"], b.extras["snapshots"])
+    assert all(np.array_equal(a.extras["loss"][k], b.extras["loss"][k]) for k in a.extras["loss"])
+    assert not np.array_equal(a.values, c.values)
+
+
+class FailsLater(TinyCNN):
+    """Raises on the third forward pass, in the middle of the optimisation."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("fails mid-optimisation")
+        return super().forward(x)
+
+
+def test_parameters_and_requires_grad_restored_after_an_error_mid_optimisation():
+    model = FailsLater().train()
+    model.fc.weight.requires_grad_(False)
+    before = {k: (p.requires_grad, p.clone()) for k, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match="mid-optimisation"):
+        get_method("class_model")(steps=5)(model, tiny_inputs(), 1)
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == {k: v[0] for k, v in before.items()}
+    assert all(torch.equal(p, before[k][1]) and p.grad is None for k, p in model.named_parameters())
+    assert model.training and hook_count(model) == 0
+
+
+def test_a_dead_start_is_reported_and_noise_starts_it():
+    """No biases and a constant start: every activation and so every gradient is zero."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 5, bias=False))
+    dead = get_method("class_model")(**HALF, steps=2)(model, tiny_inputs(), 1)
+    assert "gradient is zero" in dead.warnings[0] and "init=noise" in dead.warnings[0]
+    alive = get_method("class_model")(**HALF, steps=2, init="noise")(model, tiny_inputs(), 1)
+    assert not alive.warnings and alive.metrics["target_logit_after"] > alive.metrics["target_logit_before"]
+
+
+def test_deep_dream_raises_the_layer_objective_over_octaves():
+    m = get_method("deep_dream")(**HALF, steps=4, octaves=3, octave_scale=1.3, jitter=1)
+    attr = m(TinyCNN(), tiny_inputs().clamp(-1, 1), None, layer="features.3")
+    assert attr.metrics["layer_objective_after"] > attr.metrics["layer_objective_before"]
+    assert attr.values.shape == (1, 3, 10, 12)
+    assert len(attr.extras["loss"]["step"]) == 3 * 4 + 1
+
+
+# --- the issue's claims on the embedded model --------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["class_model", "class_model_regularized"])
+def test_class_model_makes_a_flamingo_on_the_embedded_model(lite0, name):
+    before = {k: (p.requires_grad, p.clone()) for k, p in lite0.named_parameters()}
+    attr = get_method(name)(**HALF)(lite0, torch.zeros(1, 3, 224, 224), 130)  # x: shape only
+    assert attr.target == (130,)
+    assert attr.metrics["target_prob_before"] < 0.01
+    assert attr.metrics["target_prob_after"] > 0.9
+    assert attr.metrics["target_logit_after"] > attr.metrics["target_logit_before"]
+    with torch.no_grad():  # the metric is the model's own verdict on the returned image
+        p = lite0.eval()(torch.from_numpy(attr.values)).softmax(-1)[0, 130]
+    assert float(p) == pytest.approx(attr.metrics["target_prob_after"], abs=1e-4)
+    assert all(p.requires_grad == before[k][0] and torch.equal(p, before[k][1]) for k, p in lite0.named_parameters())
+
+
+def test_inverted_representation_reaches_the_features_of_the_image(lite0, chelsea):
+    attr = get_method("inverted_representation")(**HALF)(lite0, chelsea, None, layer="blocks.2")
+    assert attr.target == () and attr.layer == "blocks.2"
+    assert attr.metrics["relative_feature_distance_start"] > 1.0
+    assert attr.metrics["relative_feature_distance"] < 0.15
+
+
+def test_filter_visualization_raises_the_filter_tenfold(lite0):
+    attr = get_method("filter_visualization")(**HALF, filter=5)(lite0, torch.zeros(1, 3, 224, 224), None, layer="blocks.4")
+    before, after = attr.metrics["filter_activation_before"], attr.metrics["filter_activation_after"]
+    assert after > 0 and after >= 10 * abs(before)
+
+
+# --- end to end --------------------------------------------------------------------------------------
+
+def test_run_py_writes_the_optimisation_files_and_manifest_columns(tmp_path, image_cache):
+    out = tmp_path / "run"
+    proc = run_cli(["method=filter_visualization", "layer=blocks.4", "method.filter_visualization.filter=5",
+                    "method.filter_visualization.steps=4", "method.filter_visualization.snapshot_every=2",
+                    "image=chelsea"], out, image_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = pd.read_csv(out / "manifest.csv").iloc[0]
+    assert row["status"] == "ok" and row["layer"] == "blocks.4"
+    assert row["filter_activation_after"] > row["filter_activation_before"]
+    assert np.isfinite(row["final_loss"])
+    for kind, suffix in [("png_final", "final.png"), ("strip_snapshots", "snapshots_strip.png"),
+                         ("gif_snapshots", "snapshots.gif"), ("csv_loss", "loss.csv"), ("plot_loss", "loss_plot.png")]:
+        assert row[f"file_{kind}"] == f"chelsea_filter_visualization_blocks.4_{suffix}"
+        assert (out / row[f"file_{kind}"]).is_file() and isinstance(row[f"sha256_{kind}"], str)
+    gif = Image.open(out / row["file_gif_snapshots"])
+    assert gif.n_frames == 1 + 4 // 2  # start, step 2, step 4 (the final image)
+    loss = pd.read_csv(out / row["file_csv_loss"])
+    assert list(loss.columns) == ["step", "loss", "activation"] and list(loss["step"]) == [0, 1, 2, 3, 4]
+    assert Image.open(out / row["file_png_final"]).size == (224, 224)
