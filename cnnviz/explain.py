@@ -13,8 +13,11 @@ Example::
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -101,6 +104,26 @@ def compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor,
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def _png_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cnnviz-png")
+
+
+_INPUTS: dict[Path, tuple[str, str]] = {}
+
+
+def _write_input(path: Path, picture: np.ndarray) -> str:
+    """Write the input picture unless this process already wrote the same picture there (the calls of
+    one image share it); its sha256."""
+    digest = hashlib.sha256(picture.tobytes() + str(picture.shape).encode()).hexdigest()
+    known = _INPUTS.get(path)
+    if known is not None and known[0] == digest and path.is_file():
+        return known[1]
+    sha = atomic_write(path, png_bytes(picture))
+    _INPUTS[path] = (digest, sha)
+    return sha
+
+
 def stem(image: str, method: str, layer: Optional[str], target: Optional[int], with_target: bool) -> str:
     parts = [image, method] + ([layer] if layer else []) + ([f"t{target}"] if with_target else [])
     return "_".join(parts)
@@ -144,10 +167,15 @@ class Explanation:
             cols[f"file_{kind}"] = filename
             cols[f"sha256_{kind}"] = atomic_write(out_dir / filename, data)
 
+        def render_png(kind: str) -> str:
+            image = render.RENDERERS[kind](values, cam, self.picture, options)
+            return atomic_write(out_dir / f"{name}_{kind}.png", png_bytes(image))
+
         values = attr.values[0]
         cam = attr.upsampled[0] if attr.upsampled is not None else None
-        for kind in self.renders:
-            put(kind, f"{name}_{kind}.png", png_bytes(render.RENDERERS[kind](values, cam, self.picture, options)))
+        # zlib and numpy release the GIL: the render kinds encode side by side
+        for kind, sha in zip(self.renders, _png_pool().map(render_png, self.renders)):
+            cols[f"file_{kind}"], cols[f"sha256_{kind}"] = f"{name}_{kind}.png", sha
         put("npy", f"{name}.npy", npy_bytes(values))
         if cam is not None:
             put("npy_upsampled", f"{name}_upsampled.npy", npy_bytes(cam))
@@ -172,7 +200,7 @@ class Explanation:
         """Write every file; one manifest row (without run-level columns) per Attribution."""
         out_dir = Path(out_dir)
         input_name = f"{self.image}_input.png"  # the picture once per call, shared by its rows
-        picture = {"file_input": input_name, "sha256_input": atomic_write(out_dir / input_name, png_bytes(self.picture))}
+        picture = {"file_input": input_name, "sha256_input": _write_input(out_dir / input_name, self.picture)}
         out = []
         for attr in self.attributions:
             row = {"image": self.image, "layer": attr.layer, "method": attr.method, "params": attr.params,

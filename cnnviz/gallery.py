@@ -131,7 +131,7 @@ def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160) -> bytes:
                 draw.text((left, top + cell // 2), "error", fill="red", font=font)
         draw.text((pad, top + cell + 1), image, fill="black", font=font)
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
+    sheet.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
