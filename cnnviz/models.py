@@ -74,15 +74,11 @@ def efficientnet_lite0(arch: str = "tf_efficientnet_lite0", weights: Optional[st
     return LoadedModel(model, "efficientnet_lite0", "embedded", file_sha256(file), imagenet_classes())
 
 
-def torchvision_model(arch: str, weights: Optional[str] = None, path=None, seed: int = 0) -> LoadedModel:
-    """A torchvision classifier; ``weights`` is an enum name such as ``IMAGENET1K_V1`` or null."""
+def torchvision_weights(arch: str, weights: str):
+    """The weights enum member and its file in the torch hub cache, downloaded when missing and
+    online; offline, a ConfigError that says where to put the file."""
     import torchvision.models as tvm
 
-    if arch not in tvm.list_models():
-        raise unknown("torchvision architecture", "model.arch", arch, tvm.list_models(module=tvm))
-    if weights is None:
-        model = _seeded(seed, lambda: tvm.get_model(arch, weights=None))
-        return LoadedModel(model, arch, f"random(seed={seed})", None, imagenet_classes())
     enum = tvm.get_model_weights(arch)
     if weights not in enum.__members__:
         raise unknown(f"weights for {arch}", "model.weights", weights, list(enum.__members__) + ["null"])
@@ -96,6 +92,19 @@ def torchvision_model(arch: str, weights: Optional[str] = None, path=None, seed:
                 f"weights {arch}.{weights} are not cached and could not be downloaded ({type(e).__name__}: {e}). "
                 f"Download {w.url} and place it at {cached}, {OFFLINE_HINT}"
             ) from None
+    return w, cached
+
+
+def torchvision_model(arch: str, weights: Optional[str] = None, path=None, seed: int = 0) -> LoadedModel:
+    """A torchvision classifier; ``weights`` is an enum name such as ``IMAGENET1K_V1`` or null."""
+    import torchvision.models as tvm
+
+    if arch not in tvm.list_models():
+        raise unknown("torchvision architecture", "model.arch", arch, tvm.list_models(module=tvm))
+    if weights is None:
+        model = _seeded(seed, lambda: tvm.get_model(arch, weights=None))
+        return LoadedModel(model, arch, f"random(seed={seed})", None, imagenet_classes())
+    w, cached = torchvision_weights(arch, weights)
     model = tvm.get_model(arch, weights=None)
     model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
     return LoadedModel(model, arch, weights, file_sha256(cached), list(w.meta.get("categories") or []))

@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -35,7 +34,7 @@ from torch import nn
 
 from .errors import ConfigError, close_matches, unknown
 from .files import file_sha256
-from .models import LoadedModel, _seeded
+from .models import LoadedModel, _seeded, torchvision_weights
 
 REGION_FORMS = "region: all | region: {box: [x0, y0, x1, y1]} | region: {mask: FILE}"
 
@@ -252,17 +251,6 @@ def torchvision_segmentation(name: str = "fcn_resnet50", weights: Optional[str] 
     if weights is None:
         net = _seeded(seed, lambda: tvm.get_model(name, weights=None, weights_backbone=None))
         return LoadedModel(RegionLogits(net), name, f"random(seed={seed})", None, categories)
-    if weights not in enum.__members__:
-        raise unknown(f"weights for {name}", "model.weights", weights, list(enum.__members__) + ["null"])
-    w = enum[weights]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
-    if not cached.exists():
-        try:
-            torch.hub.load_state_dict_from_url(w.url, progress=False, check_hash=True)
-        except Exception as e:  # any network / hash failure becomes an actionable message
-            raise ConfigError(
-                f"weights {name}.{weights} are not cached and could not be downloaded ({type(e).__name__}: {e}). "
-                f"Download {w.url} and place it at {cached}, or run offline with model.weights=null (random init)"
-            ) from None
+    w, cached = torchvision_weights(name, weights)
     net = tvm.get_model(name, weights=w)  # reads the cached file
     return LoadedModel(RegionLogits(net), name, weights, file_sha256(cached), list(w.meta.get("categories") or []))

@@ -21,8 +21,8 @@ Example::
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,35 +33,21 @@ from ..hooks import model_state_kept
 from ..maps import to_numpy
 from ..registry import register
 from .. import segmentation as seg
-from .base import Method
-from .weakly_supervised_segmentation import blurred, source_method
+from .weakly_supervised_segmentation import Sourced, blurred
 
 
 @register("class_segmentation")
 @dataclass
-class ClassSegmentation(Method):
+class ClassSegmentation(Sourced):
     renders = ("gray",)
     writes = ("png:overlay", "png:labels", "npy:label_map")
     uses_target = False
     needs_layer = True  # for the default source, gradcam; follows the source per instance
-    is_segmentation = True
     source: str = "gradcam"
-    source_params: dict[str, Any] = field(default_factory=dict)
     top_k: int = 5
     classes: Optional[list[int]] = None
     threshold: float = 0.2
     blur: float = 0.0
-    input_mean: Optional[list[float]] = None
-    input_std: Optional[list[float]] = None
-
-    def __post_init__(self):
-        self.needs_layer = self.source_method().needs_layer
-
-    def source_method(self) -> Method:
-        return source_method(self.name, self.source, self.source_params, self.input_mean, self.input_std)
-
-    def check(self, model):
-        self.source_method().check(model)
 
     def class_lists(self, logits: torch.Tensor) -> list[list[int]]:
         n = logits.shape[1]

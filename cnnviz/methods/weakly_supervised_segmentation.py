@@ -73,19 +73,13 @@ def blurred(maps: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(np.ascontiguousarray(m, dtype=np.float32), (0, 0), float(sigma)) for m in maps])
 
 
-@register("weakly_supervised_segmentation")
 @dataclass
-class WeaklySupervisedSegmentation(Method):
-    renders = ("gray",)
-    writes = ("png:overlay", "png:mask", "png:box", "png:seeds")
+class Sourced(Method):
+    """A segmentation built on the map of another technique, ``source`` with ``source_params``."""
+
     is_segmentation = True
     source: str = "vanilla_backprop"
     source_params: dict[str, Any] = field(default_factory=dict)
-    q_fg: float = 0.95
-    q_bg: float = 0.30
-    blur: float = 6.0
-    iterations: int = 5
-    seed: int = 0
     input_mean: Optional[list[float]] = None
     input_std: Optional[list[float]] = None
 
@@ -95,6 +89,21 @@ class WeaklySupervisedSegmentation(Method):
 
     def source_method(self) -> Method:
         return source_method(self.name, self.source, self.source_params, self.input_mean, self.input_std)
+
+    def check(self, model):
+        self.source_method().check(model)
+
+
+@register("weakly_supervised_segmentation")
+@dataclass
+class WeaklySupervisedSegmentation(Sourced):
+    renders = ("gray",)
+    writes = ("png:overlay", "png:mask", "png:box", "png:seeds")
+    q_fg: float = 0.95
+    q_bg: float = 0.30
+    blur: float = 6.0
+    iterations: int = 5
+    seed: int = 0
 
     def check(self, model):
         seg.check_quantiles(self.q_fg, self.q_bg, f"method.{self.name}")
