@@ -12,7 +12,11 @@ A BatchNorm is folded only when, in a probe forward, the tensor it received *is*
 convolution registered just before it; the copy is used only when its logits match the model's on
 the probe and when no requested layer is a convolution whose output the folding changed (its output
 would then include the BatchNorm). Otherwise the model itself runs. The copy is cached per model and
-rebuilt when any parameter or buffer changes (``_version`` / storage). ``exact()`` turns it off.
+rebuilt when any parameter or buffer changes storage or version counter — which every in-place op
+does, optimisers' steps and ``load_state_dict`` included, but not an in-place op on ``.data``
+(``p.data.mul_(2)``): after such a change call ``fastpath._CACHE.clear()`` or run with
+``fast_copy=false``. (Summing every tensor on each pass to catch it cost 15-40 % of a Grad-CAM call.)
+``exact()`` turns it off.
 """
 from __future__ import annotations
 
