@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import unknown
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -79,47 +79,34 @@ class Metric:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, type] = {}
 M = TypeVar("M", bound=type)
-
-
-def register_metric(name: str) -> Callable[[M], M]:
-    """Class decorator adding a metric under ``name``; a duplicate name raises."""
-
-    def add(cls: M) -> M:
-        if name in _REGISTRY:
-            raise ValueError(f"metric name '{name}' is already registered by {_REGISTRY[name].__module__}."
-                             f"{_REGISTRY[name].__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return add
 
 
 def _load() -> None:
     from .. import metrics  # noqa: F401  (importing registers every metric)
 
 
+METRICS = Registry("metric", "metrics", _load)
+
+
+def register_metric(name: str) -> Callable[[M], M]:
+    """Class decorator adding a metric under ``name``; a duplicate name raises."""
+    return METRICS.register(name)
+
+
 def get_metric(name: str) -> type:
     """The metric class registered as ``name``; an unknown name lists close matches."""
-    _load()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise unknown("metric", "metrics", name, _REGISTRY) from None
+    return METRICS.get(name)
 
 
 def list_metrics() -> list[str]:
-    _load()
-    return sorted(_REGISTRY)
+    return METRICS.names()
 
 
 def metric_columns() -> dict[str, bool]:
     """Every metric column of every registered metric -> whether higher is better."""
-    _load()
     out: dict[str, bool] = {}
-    for cls in (_REGISTRY[n] for n in sorted(_REGISTRY)):
+    for cls in (METRICS.get(n) for n in METRICS.names()):
         for col in cls.columns:
             out[col] = cls.higher_is_better.get(col, True)
     return out
