@@ -6,7 +6,9 @@ computes the same function with one memory-bound operation less per layer, and i
 the depthwise and pointwise convolutions of mobile networks run faster on CPU. Measured on
 efficientnet_lite0 (CPU, 2 threads, batch 10, forward + input gradient): 1.6-2.2x faster, with the
 float64 reference no further from the copy than from the original (relative L2 error 0.2-0.4 % vs
-0.5 %, both float32).
+0.5 %, both float32). A model without BatchNorms gets the copy too: its parameters share the model's
+storage (convolution weights aside, which channels-last re-lays) but require no gradient, which the
+input gradients never need — VGG-19 forward + input gradient, batch 10: 545 ms -> 385 ms per image.
 
 A BatchNorm is folded only when, in a probe forward, the tensor it received *is* the output of the
 convolution registered just before it; the copy is used only when its logits match the model's on
@@ -56,7 +58,7 @@ def set_enabled(flag: bool) -> None:
 @dataclass
 class _Copy:
     fingerprint: tuple
-    module: Optional[nn.Module]  # None: this model gains nothing or cannot be folded safely
+    module: Optional[nn.Module]  # None: this model cannot be copied safely
     changed: frozenset  # names of convolutions whose output now includes a BatchNorm
 
 
@@ -91,10 +93,11 @@ def _foldable_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, st
 
 
 def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Out of place: the copy's other parameters share storage with the model's."""
     scale = (bn.weight if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
     shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
     with torch.no_grad():
-        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+        conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
         conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
 
@@ -121,11 +124,10 @@ def _build(model: nn.Module, probe: torch.Tensor) -> _Copy:
     try:
         model.eval()
         pairs = _foldable_pairs(model, probe)
-        if not pairs:
-            return _Copy(fingerprint, None, frozenset())
-        fast = copy.deepcopy(model).eval()
-        for p in fast.parameters():
-            p.requires_grad_(False)
+        # parameters shared, not requiring gradients: input gradients never need weight gradients, and
+        # autograd on weights that require them costs VGG-19 a third more per forward + backward
+        shared = {id(p): nn.Parameter(p.detach(), requires_grad=False) for p in model.parameters()}
+        fast = copy.deepcopy(model, shared).eval()
         modules = dict(fast.named_modules())
         for cn, bn_name in pairs:
             _fold(modules[cn], modules[bn_name])
@@ -162,7 +164,9 @@ def fast_model(model: nn.Module, x: torch.Tensor, layers: Sequence[str] = ()) ->
         return model, x
     entry = _CACHE.get(model)
     if entry is None or entry.fingerprint != _fingerprint(model):
-        entry = _build(model, x[:1].detach())
+        # built under inference mode (Score-CAM, occlusion), its tensors could never enter a backward
+        with torch.inference_mode(False):
+            entry = _build(model, x[:1].detach().clone())
         _CACHE[model] = entry
     if entry.module is None or entry.changed.intersection(layers):
         return model, x

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .files import atomic_write
+from .files import atomic_write, png_bytes
 
 #: Which picture of a row stands for it, in order of preference.
 PREFERRED = ("file_cam_on_image", "file_lrp_heatmap", "file_png_overlay", "file_png_final", "file_gray", "file_color")
@@ -97,7 +97,6 @@ td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} 
 def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160) -> bytes:
     """The same grid as one PNG: a header row of column titles, then per image its input and each
     column's picture, thumbnails of ``cell`` px (composed with PIL: a matplotlib figure cost ~1 s)."""
-    import io
     import textwrap
 
     from PIL import Image, ImageDraw, ImageFont
@@ -125,14 +124,12 @@ def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160) -> bytes:
             if isinstance(f, str) and (folder / f).is_file():
                 with Image.open(folder / f) as im:
                     thumb = im.convert("RGB")
-                    thumb.thumbnail((cell, cell))
+                    thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)
                 sheet.paste(thumb, (left, top))
             elif c > 0 and cells.get((image, columns[c - 1])) is not None:
                 draw.text((left, top + cell // 2), "error", fill="red", font=font)
         draw.text((pad, top + cell + 1), image, fill="black", font=font)
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    return png_bytes(np.asarray(sheet))
 
 
 def write_gallery(folder: Path, frame: pd.DataFrame) -> None:

@@ -134,3 +134,33 @@ def test_fast_copy_config_key_switches_the_copy(flag):
         assert (fast_model(plan.model.module, x)[0] is not plan.model.module) is flag  # efficientnet has BatchNorms
     finally:
         fastpath.set_enabled(True)
+
+
+def test_model_without_batchnorm_gets_a_gradient_free_copy_sharing_storage():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 9 * 11, 5)).eval()
+    x = x_of()
+    net, fx = fast_model(model, x)
+    assert net is not model and fx.is_contiguous(memory_format=torch.channels_last)
+    assert not any(p.requires_grad for p in net.parameters()) and all(p.requires_grad for p in model.parameters())
+    assert net[3].weight.data_ptr() == model[3].weight.data_ptr()  # no second copy of the big matrices
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last) and model[0].weight.is_contiguous()
+    with exact():
+        want = gradient_pass(model, x, 4)
+    got = gradient_pass(model, x, 4)
+    torch.testing.assert_close(got.input_gradient, want.input_gradient, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        model[3].weight.mul_(-1.0)  # seen through the shared storage and the version counter
+    with exact():
+        flipped = gradient_pass(model, x, 4)
+    torch.testing.assert_close(gradient_pass(model, x, 4).input_gradient, flipped.input_gradient, rtol=1e-4, atol=1e-6)
+    assert model[0].weight.grad is None and model[3].weight.grad is None
+
+
+def test_copy_first_built_under_inference_mode_still_serves_gradients():
+    model, x = ConvBN().eval(), x_of()
+    get_method("scorecam")()(model, x, 1, layer="features.5")  # builds the copy inside torch.inference_mode
+    assert fastpath._CACHE[model].module is not None
+    with exact():
+        want = gradient_pass(model, x, 1)
+    torch.testing.assert_close(gradient_pass(model, x, 1).input_gradient, want.input_gradient, rtol=1e-4, atol=1e-6)

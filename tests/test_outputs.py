@@ -45,3 +45,23 @@ def test_absent_extra_is_skipped_and_a_bad_spec_names_the_writers():
     assert list(extra_files(("png:mask",), {})) == []
     with pytest.raises(ValueError, match="writer one of png"):
         parse("jpeg:mask")
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (7, 5, 3), (7, 5, 4), (1, 1, 3), (224, 224, 3)])
+def test_png_decodes_to_the_same_pixels(shape):
+    from cnnviz.files import png_bytes
+
+    a = np.random.default_rng(sum(shape)).integers(0, 256, size=shape, dtype=np.uint8)
+    a[..., :2] = 255  # bytes above 127 and wrap-around differences in the Up filter
+    back = np.asarray(Image.open(io.BytesIO(png_bytes(a))))
+    assert back.dtype == np.uint8 and back.shape == a.shape
+    np.testing.assert_array_equal(back, a)
+
+
+def test_png_of_other_arrays_goes_through_pillow():
+    from cnnviz.files import png_bytes
+
+    mask = np.zeros((4, 6), bool)
+    mask[1:3, 2:5] = True
+    back = np.asarray(Image.open(io.BytesIO(png_bytes(mask))))
+    np.testing.assert_array_equal(back.astype(bool), mask)
