@@ -151,7 +151,7 @@ def _build(model: nn.Module, probe: torch.Tensor) -> _Copy:
             m.training = training
 
 
-def _instrumented(model: nn.Module) -> bool:
+def instrumented(model: nn.Module) -> bool:
     """Hooks on the model belong to whoever put them there (a user, LRP's rules): run it as given."""
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                for m in model.modules())
@@ -160,7 +160,7 @@ def _instrumented(model: nn.Module) -> bool:
 def fast_model(model: nn.Module, x: torch.Tensor, layers: Sequence[str] = ()) -> tuple[nn.Module, torch.Tensor]:
     """``(model to run, input for it)``: the folded channels-last copy and ``x`` in channels-last memory
     when that is safe for ``layers``, else ``model`` and ``x`` unchanged."""
-    if not _enabled or x.ndim != 4 or _instrumented(model):
+    if not _enabled or x.ndim != 4 or instrumented(model):
         return model, x
     entry = _CACHE.get(model)
     if entry is None or entry.fingerprint != _fingerprint(model):

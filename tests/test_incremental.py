@@ -86,3 +86,14 @@ def test_disagreement_is_noticed_and_full_forwards_are_used(caplog):
         got = occlusion(model, x, True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert "disagrees" in caplog.text
+
+
+def test_hooked_model_runs_full_forwards_so_its_hooks_see_every_image():
+    model, x = Net().eval(), torch.randn(1, 3, 40, 40)
+    seen = []
+    handle = model.features[0].register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    try:
+        occlusion(model, x, True)
+    finally:
+        handle.remove()
+    assert sum(seen) == 1 + 7 * 7  # the image itself, then each of the 49 occluded copies

@@ -23,7 +23,7 @@ from ..attribution import Attribution
 from ..errors import ConfigError
 from ..hooks import model_state_kept
 from ..incremental import IncrementalOcclusion
-from ..fastpath import forward_fn
+from ..fastpath import forward_fn, instrumented
 from ..maps import to_numpy
 from ..passes import target_scores
 from ..registry import register
@@ -69,7 +69,9 @@ class Occlusion(GradientMethod):
                 total = torch.zeros(H, W, dtype=torch.float64, device=x.device)
                 count = torch.zeros(H, W, dtype=torch.float64, device=x.device)
                 x1 = x[b:b + 1] if net is model else x[b:b + 1].contiguous(memory_format=torch.channels_last)
-                fast = IncrementalOcclusion.build(net, x1, self.window, boxes) if self.incremental else None
+                # hooks on the model (someone's instrumentation) must see every layer run: full forwards
+                use = self.incremental and not instrumented(net)
+                fast = IncrementalOcclusion.build(net, x1, self.window, boxes) if use else None
                 for start in range(0, len(boxes), self.perturbations_per_eval):
                     chunk = boxes[start:start + self.perturbations_per_eval]
                     if fast is not None and start > 0:
