@@ -131,8 +131,7 @@ def _build(model: nn.Module, probe: torch.Tensor) -> _Copy:
         modules = dict(fast.named_modules())
         for cn, bn_name in pairs:
             _fold(modules[cn], modules[bn_name])
-            parent, _, leaf = bn_name.rpartition(".")
-            setattr(modules[parent] if parent else fast, leaf, _FoldedNorm(modules[bn_name]))
+            fast.set_submodule(bn_name, _FoldedNorm(modules[bn_name]))
         fast = fast.to(memory_format=torch.channels_last)
         with torch.no_grad():
             want = model(probe)

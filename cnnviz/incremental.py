@@ -107,14 +107,12 @@ def entry_sequential(model: nn.Module, x: torch.Tensor) -> Optional[tuple[str, n
 
 @contextmanager
 def _swapped(model: nn.Module, name: str, replacement: nn.Module) -> Iterator[None]:
-    parent_name, _, leaf = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    original = getattr(parent, leaf)
-    setattr(parent, leaf, replacement)
+    original = model.get_submodule(name)
+    model.set_submodule(name, replacement)
     try:
         yield
     finally:
-        setattr(parent, leaf, original)
+        model.set_submodule(name, original)
 
 
 class _Resume(nn.Module):
@@ -136,7 +134,7 @@ class IncrementalOcclusion:
     given top-left corners, computed incrementally. Build with ``IncrementalOcclusion.build`` (None
     where the model has no local entry chain or the rectangles would not be smaller than the maps)."""
 
-    def __init__(self, model, name, seq, x1, window, corners, cut, clean, sizes):
+    def __init__(self, model, name, seq, x1, window, cut, clean, sizes):
         self.model, self.name, self.seq, self.x1, self.window = model, name, seq, x1, window
         self.cut, self.clean, self.sizes = cut, clean, sizes
         self.geoms = [geometry(m) for m in list(seq)[:cut]]
@@ -153,9 +151,10 @@ class IncrementalOcclusion:
         dirty = [[(i, i + window - 1), (j, j + window - 1)] for i, j in corners]
         cut, h = 0, x1
         for m in seq:
-            if not _local(m):
+            try:
+                g = geometry(m)
+            except TypeError:  # the first layer that is not local ends the chain
                 break
-            g = geometry(m)
             out = m(h.clone()) if g is None else m(h)  # element-wise layers may work in place
             if g is not None:
                 dirty = [[_dirty(iv, g, ax, out.shape[2 + ax]) for ax, iv in enumerate(d)] for d in dirty]
@@ -167,13 +166,13 @@ class IncrementalOcclusion:
             sizes.append(size)
         if not any(geometry(m) is not None for m in list(seq)[:cut]):
             return None
-        return cls(model, name, seq, x1, window, corners, cut, clean, sizes)
+        return cls(model, name, seq, x1, window, cut, clean, sizes)
 
     def logits(self, corners: Sequence[tuple[int, int]], baseline: float) -> torch.Tensor:
         n, channels = len(corners), self.x1.shape[1]
         patch = torch.full((n, channels, self.window, self.window), float(baseline), dtype=self.x1.dtype, device=self.x1.device)
         where = [(i, i + self.window - 1, j, j + self.window - 1) for i, j in corners]  # dirty rows / cols, inclusive
-        pos = [(i, j) for i, j in corners]  # top-left corner of each patch in the current map
+        pos = list(corners)  # top-left corner of each patch in the current map
         for layer, (m, g) in enumerate(zip(list(self.seq)[:self.cut], self.geoms)):
             if g is None:
                 patch = m(patch)

@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -72,8 +73,34 @@ def build_methods(cfg_methods: DictConfig) -> tuple[dict[str, Method], dict[str,
                 raise ConfigError(
                     f"method.{name}.{key}: unknown hyperparameter of {name}; valid: {', '.join(sorted(valid | {'layer'}))}"
                 )
+        check_value_types(cls, params, f"method.{name}")
         methods[str(name)] = cls(**params)
     return methods, layers
+
+
+_SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_value_types(cls: type, params: dict[str, Any], prefix: str) -> None:
+    """A ConfigError naming the key when a value does not have its field's scalar type (``bool``,
+    ``int``, ``float``, ``str``, optionally ``Optional``): ``incremental=maybe`` would otherwise be a
+    true string. Other field types are the class's own to check."""
+    hints = typing.get_type_hints(cls)
+    for key, value in params.items():
+        want = hints.get(key)
+        args = typing.get_args(want)
+        if typing.get_origin(want) is typing.Union and type(None) in args and len(args) == 2:
+            if value is None:
+                continue
+            want = next(a for a in args if a is not type(None))
+        if want not in _SCALARS:
+            continue
+        ok = (isinstance(value, bool) if want is bool else
+              isinstance(value, want) and not isinstance(value, bool) if want is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+              isinstance(value, str))
+        if not ok:
+            raise ConfigError(f"{prefix}.{key}={value!r}: must be {_SCALARS[want]}")
 
 
 def build_metrics(cfg_metrics: Optional[DictConfig], mean, std) -> dict[str, Metric]:
@@ -88,6 +115,7 @@ def build_metrics(cfg_metrics: Optional[DictConfig], mean, std) -> dict[str, Met
                 near = close_matches(str(key), valid)
                 hint = f"; close matches: {', '.join(near)}" if near else ""
                 raise ConfigError(f"metrics.{name}.{key}: unknown option of {name}{hint}; valid: {', '.join(sorted(valid)) or 'none'}")
+        check_value_types(cls, params, f"metrics.{name}")
         metric = cls(**params)
         for key, stat in (("input_mean", mean), ("input_std", std)):  # pixel-space substrates need the normalisation
             if getattr(metric, key, False) is None:

@@ -176,7 +176,6 @@ class Bench:
         self.log(f"{model:<18} {technique:<34} {library:<16} {shown}")
         return row
 
-
     def rematch(self, model: str, group: str) -> None:
         """Slow items run once each; then cnnviz and the fastest peer of the group run again, taking
         turns, ``--slow-repeats`` times: both medians come from runs interleaved in time."""

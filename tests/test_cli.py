@@ -117,6 +117,7 @@ def test_cfg_job_inspection_and_console_script(tmp_path, image_cache):
         (["target=1000"], ["target 1000 is out of range", "0..999"]),
         (["layer=classifier"], ["outputs (1, 1000)", "(B, C, H, W)"]),
         (["+method.gradcam.alpha=1"], ["method.gradcam.alpha: unknown hyperparameter"]),
+        (["method=occlusion", "method.occlusion.incremental=maybe"], ["method.occlusion.incremental='maybe': must be true or false"]),
         (["model=timm", "model.arch=efficientnet_b0", "method=guided_backprop"], ["ReLU-family modules", "has none"]),
         (["model=timm", "model.arch=resnet81"], ["unknown timm architecture 'resnet81'", "resnet18"]),
         (["image=file"], ["image.file.path is not set"]),
@@ -189,7 +190,8 @@ def test_failed_item_is_recorded_and_the_rest_still_run(tmp_path, image_cache):
 def test_errors_and_reruns_never_lose_earlier_results(tmp_path, image_cache):
     ok(run_cli(["image=rocket"], tmp_path, image_cache))
     before = snapshot(tmp_path)
-    for bad in (["layer=nope"], ["method=gradcm"], ["target=5000"], ["image=file", f"image.file.path={tmp_path}/x.png"]):
+    for bad in (["layer=nope"], ["method=gradcm"], ["target=5000"], ["image=file", f"image.file.path={tmp_path}/x.png"],
+                ["method.gradcam.relu=maybe"]):
         assert run_cli(["image=rocket", *bad], tmp_path, image_cache).returncode != 0
         assert snapshot(tmp_path) == before
     ok(run_cli(["image=rocket", "method=vanilla_backprop"], tmp_path, image_cache))

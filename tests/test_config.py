@@ -281,3 +281,21 @@ def test_valid_choices_and_other_keys_report_nothing(args):
 def test_every_option_is_a_valid_choice():
     for g in GROUPS:
         assert unknown_choices([f"{g}={o}" for o in OPTIONS[g]][:1] + [f"{g}=[{','.join(OPTIONS[g])}]"], CONF) == []
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("method.occlusion.incremental=maybe", "method.occlusion.incremental='maybe': must be true or false"),
+    ("method.occlusion.window=wide", "method.occlusion.window='wide': must be an integer"),
+    ("method.occlusion.window=15.5", "method.occlusion.window=15.5: must be an integer"),
+    ("method.occlusion.baseline=true", "method.occlusion.baseline=True: must be a number"),
+])
+def test_hyperparameter_of_the_wrong_type_names_the_key(override, expected):
+    with pytest.raises(ConfigError) as e:
+        build_methods(compose_cfg(["method=occlusion", override]).method)
+    assert expected in str(e.value)
+
+
+def test_well_typed_hyperparameters_pass_and_optional_takes_null():
+    methods, _ = build_methods(compose_cfg(["method=integrated_gradients", "method.integrated_gradients.input_mean=null",
+                                            "method.integrated_gradients.blur_sigma=3"]).method)
+    assert methods["integrated_gradients"].blur_sigma == 3
