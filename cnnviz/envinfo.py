@@ -17,6 +17,16 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _git_state() -> tuple[Optional[str], Optional[bool]]:
+    """(commit, whether tracked files differ from it), from one ``git status`` (None, None outside git)."""
+    status = _git("status", "--porcelain=v2", "--branch", "--untracked-files=no")
+    if status is None:
+        return None, None
+    lines = status.splitlines()
+    commit = next((l.split()[2] for l in lines if l.startswith("# branch.oid ")), None)
+    return (None if commit == "(initial)" else commit), any(not l.startswith("#") for l in lines)
+
+
 def _version(module: str) -> Optional[str]:
     try:
         return __import__(module).__version__
@@ -27,11 +37,10 @@ def _version(module: str) -> Optional[str]:
 def environment(device: str, seed: int, weights_sha256: Optional[str]) -> dict[str, Any]:
     import torch
 
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    commit, dirty = _git_state()
     return {
         "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
+        "git_dirty": dirty,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": {m: _version(m) for m in ("torch", "torchvision", "timm", "hydra", "omegaconf", "numpy", "PIL", "pandas")},

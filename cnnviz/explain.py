@@ -13,11 +13,9 @@ Example::
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -29,7 +27,7 @@ from torch import nn
 
 from . import render
 from .attribution import Attribution
-from .files import atomic_write, npy_bytes, png_bytes
+from .files import atomic_write, npy_bytes, png_bytes, write_png
 from .imaging import box_to_original, preprocess, read_image, safe_name, to_rgb
 from .manifest import Manifest
 from .models import class_name
@@ -104,11 +102,6 @@ def compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor,
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _png_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="cnnviz-png")
-
-
 _INPUTS: dict[Path, tuple[str, str]] = {}
 
 
@@ -119,7 +112,7 @@ def _write_input(path: Path, picture: np.ndarray) -> str:
     known = _INPUTS.get(path)
     if known is not None and known[0] == digest and path.is_file():
         return known[1]
-    sha = atomic_write(path, png_bytes(picture))
+    sha = write_png(path, picture)
     _INPUTS[path] = (digest, sha)
     return sha
 
@@ -167,15 +160,12 @@ class Explanation:
             cols[f"file_{kind}"] = filename
             cols[f"sha256_{kind}"] = atomic_write(out_dir / filename, data)
 
-        def render_png(kind: str) -> str:
-            image = render.RENDERERS[kind](values, cam, self.picture, options)
-            return atomic_write(out_dir / f"{name}_{kind}.png", png_bytes(image))
-
         values = attr.values[0]
         cam = attr.upsampled[0] if attr.upsampled is not None else None
-        # zlib and numpy release the GIL: the render kinds encode side by side
-        for kind, sha in zip(self.renders, _png_pool().map(render_png, self.renders)):
-            cols[f"file_{kind}"], cols[f"sha256_{kind}"] = f"{name}_{kind}.png", sha
+        for kind in self.renders:  # (the runner writes several items side by side)
+            image = render.RENDERERS[kind](values, cam, self.picture, options)
+            cols[f"file_{kind}"] = f"{name}_{kind}.png"
+            cols[f"sha256_{kind}"] = write_png(out_dir / cols[f"file_{kind}"], image)
         put("npy", f"{name}.npy", npy_bytes(values))
         if cam is not None:
             put("npy_upsampled", f"{name}_upsampled.npy", npy_bytes(cam))

@@ -6,30 +6,40 @@ and files only, never techniques.
 from __future__ import annotations
 
 import html
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
 
-from .files import atomic_write, png_bytes
+from .files import atomic_write, png_bytes, read_png
 
 #: Which picture of a row stands for it, in order of preference.
 PREFERRED = ("file_cam_on_image", "file_lrp_heatmap", "file_png_overlay", "file_png_final", "file_gray", "file_color")
 
 
 def _text(value) -> str:
-    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
-def cell_file(row: pd.Series) -> Optional[str]:
+def _number(value) -> float:
+    """A cell as a float, NaN when empty or not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def cell_file(row: Mapping[str, Any]) -> Optional[str]:
     for col in PREFERRED:
         if col in row and isinstance(row[col], str):
             return row[col]
     return None
 
 
-def caption(row: pd.Series) -> str:
+def caption(row: Mapping[str, Any]) -> str:
     if row.get("status") != "ok":
         return f"error: {_text(row.get('error'))}"
     parts = []
@@ -41,21 +51,25 @@ def caption(row: pd.Series) -> str:
     from .metrics import metric_columns
 
     for col in metric_columns():  # the map's faithfulness / sanity scores, when measured
-        value = pd.to_numeric(pd.Series([row.get(col)]), errors="coerce")[0]
-        if pd.notna(value):
+        value = _number(row.get(col))
+        if not np.isnan(value):
             parts.append(f"{col.replace('_', ' ')} {value:.3f}")
     return "; ".join(parts)
 
 
-def grid(frame: pd.DataFrame) -> tuple[list[str], list[tuple], dict]:
-    """Images, column keys (method, layer, target request) and ``{(image, key): row}``."""
-    frame = frame.copy()
-    for col in ("layer", "target_request", "job"):
-        values = frame[col] if col in frame else pd.Series([None] * len(frame), index=frame.index)
-        frame[col] = [v if isinstance(v, str) else ("" if pd.isna(v) else str(v)) for v in values]
-    images = list(dict.fromkeys(frame["image"]))
-    columns = list(dict.fromkeys(zip(frame["method"], frame["layer"], frame["target_request"], frame["job"])))
-    cells = {(r["image"], (r["method"], r["layer"], r["target_request"], r["job"])): r for _, r in frame.iterrows()}
+Grid = tuple[list[str], list[tuple], dict]
+
+
+def grid(frame: pd.DataFrame) -> Grid:
+    """Images, column keys (method, layer, target request, job) and ``{(image, key): row dict}``."""
+    rows = frame.to_dict("records")
+    for row in rows:
+        for col in ("layer", "target_request", "job"):
+            v = row.get(col)
+            row[col] = v if isinstance(v, str) else ("" if v is None or pd.isna(v) else str(v))
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    cells = {(r["image"], (r["method"], r["layer"], r["target_request"], r["job"])): r for r in rows}
+    columns = list(dict.fromkeys(key for _, key in cells))
     return images, columns, cells
 
 
@@ -65,8 +79,8 @@ def column_title(key: tuple) -> str:
                                 f"[{job}]" if job else "") if p)
 
 
-def index_html(frame: pd.DataFrame) -> str:
-    images, columns, cells = grid(frame)
+def index_html(frame: pd.DataFrame, cells_grid: Optional[Grid] = None) -> str:
+    images, columns, cells = cells_grid or grid(frame)
     head = "".join(f"<th>{html.escape(column_title(k))}</th>" for k in columns)
     body = []
     for image in images:
@@ -94,14 +108,14 @@ td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} 
 """
 
 
-def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160) -> bytes:
+def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid: Optional[Grid] = None) -> bytes:
     """The same grid as one PNG: a header row of column titles, then per image its input and each
     column's picture, thumbnails of ``cell`` px (composed with PIL: a matplotlib figure cost ~1 s)."""
     import textwrap
 
     from PIL import Image, ImageDraw, ImageFont
 
-    images, columns, cells = grid(frame)
+    images, columns, cells = cells_grid or grid(frame)
     font = ImageFont.load_default()
     pad, header, label = 4, 40, 14
     width = (len(columns) + 1) * (cell + pad) + pad
@@ -112,20 +126,30 @@ def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160) -> bytes:
     for c, title in enumerate(titles):
         lines = textwrap.wrap(title, width=max(8, cell // 6))[:3]
         draw.multiline_text((pad + c * (cell + pad), pad), "\n".join(lines), fill="black", font=font, spacing=1)
+    files = {}
+    for image in images:
+        first = next((row for (i, _), row in cells.items() if i == image), None)
+        files[image, 0] = first.get("file_input") if first is not None else None
+        for c, key in enumerate(columns, 1):
+            row = cells.get((image, key))
+            files[image, c] = cell_file(row) if row is not None and row.get("status") == "ok" else None
+
+    def thumbnail(f):
+        picture = read_png(folder / f) if isinstance(f, str) else None
+        if picture is None:
+            return None
+        thumb = Image.fromarray(picture).convert("RGB")
+        thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)
+        return thumb
+
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # decoding and resizing release the GIL
+        thumbs = dict(zip(files, pool.map(thumbnail, files.values())))
     for r, image in enumerate(images):
         top = header + r * (cell + label + pad)
-        first = next((row for (i, _), row in cells.items() if i == image), None)
-        files = [first.get("file_input") if first is not None else None]
-        for key in columns:
-            row = cells.get((image, key))
-            files.append(cell_file(row) if row is not None and row.get("status") == "ok" else None)
-        for c, f in enumerate(files):
+        for c in range(len(columns) + 1):
             left = pad + c * (cell + pad)
-            if isinstance(f, str) and (folder / f).is_file():
-                with Image.open(folder / f) as im:
-                    thumb = im.convert("RGB")
-                    thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)
-                sheet.paste(thumb, (left, top))
+            if thumbs[image, c] is not None:
+                sheet.paste(thumbs[image, c], (left, top))
             elif c > 0 and cells.get((image, columns[c - 1])) is not None:
                 draw.text((left, top + cell // 2), "error", fill="red", font=font)
         draw.text((pad, top + cell + 1), image, fill="black", font=font)
@@ -135,5 +159,6 @@ def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160) -> bytes:
 def write_gallery(folder: Path, frame: pd.DataFrame) -> None:
     if frame.empty:
         return
-    atomic_write(folder / "index.html", index_html(frame).encode())
-    atomic_write(folder / "contact_sheet.png", contact_sheet(frame, folder))
+    cells_grid = grid(frame)
+    atomic_write(folder / "index.html", index_html(frame, cells_grid).encode())
+    atomic_write(folder / "contact_sheet.png", contact_sheet(frame, folder, cells_grid=cells_grid))

@@ -71,10 +71,15 @@ class Manifest:
         return buf.getvalue()
 
     def add(self, row: dict[str, Any]) -> None:
-        row = dict(row)
-        if isinstance(row.get("params"), dict):
-            row["params"] = json.dumps(row["params"], sort_keys=True, default=str)
-        self._put(row)
+        self.extend([row])
+
+    def extend(self, rows: list[dict[str, Any]]) -> None:
+        """Add (or replace, by key) the rows, then rewrite the file once."""
+        for row in rows:
+            row = dict(row)
+            if isinstance(row.get("params"), dict):
+                row["params"] = json.dumps(row["params"], sort_keys=True, default=str)
+            self._put(row)
         self.write()
 
     def frame(self) -> pd.DataFrame:

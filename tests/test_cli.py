@@ -63,6 +63,16 @@ def test_gradcam_spider_writes_files_manifest_and_env(spider_run):
     assert len(env["weights_sha256"]) == 64
 
 
+def test_git_state_from_one_status_call_equals_rev_parse_and_porcelain():
+    from cnnviz.envinfo import _git, _git_state
+
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        pytest.skip("not a git checkout")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    assert _git_state() == (commit, bool(status))
+
+
 @needs_shared_images
 def test_gradcam_spider_covers_the_spider(spider_run):
     """The spider is the dark object on a light background: the CAM's mass sits on dark pixels."""

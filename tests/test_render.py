@@ -226,3 +226,11 @@ def test_relevance_heatmap_is_centred_on_zero_and_symmetric():
     assert (out[0, 0] == u8(seismic(1.0)[:3])).all()      # largest positive: one end
     assert (out[3, 3] == u8(seismic(0.0)[:3])).all()      # equally large negative: the other end
     assert (out[1, 1] == u8(seismic(0.75)[:3])).all()     # half as large: halfway up
+
+
+@pytest.mark.parametrize("cmap", ["jet", "viridis", "hsv", "seismic", "tab10", "gray"])
+def test_colormap_table_lookup_equals_matplotlib(cmap):
+    """Reference identity: the lookup gives matplotlib's own colours, at the bin edges and for NaN too."""
+    v = np.concatenate([np.random.default_rng(6).random(5000), np.linspace(0, 1, 4097),
+                        [0.0, 1.0, np.nextafter(1.0, 0), 1 / 256, 255 / 256, np.nan]])
+    np.testing.assert_array_equal(render._through_colormap(v, cmap), u8(colormaps[cmap](v)[..., :3]))
