@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,18 +104,20 @@ def compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor,
 
 
 _INPUTS: dict[Path, tuple[str, str]] = {}
+_INPUTS_LOCK = threading.Lock()  # the runner writes the items of one image on several threads
 
 
 def _write_input(path: Path, picture: np.ndarray) -> str:
     """Write the input picture unless this process already wrote the same picture there (the calls of
     one image share it); its sha256."""
     digest = hashlib.sha256(picture.tobytes() + str(picture.shape).encode()).hexdigest()
-    known = _INPUTS.get(path)
-    if known is not None and known[0] == digest and path.is_file():
-        return known[1]
-    sha = write_png(path, picture)
-    _INPUTS[path] = (digest, sha)
-    return sha
+    with _INPUTS_LOCK:
+        known = _INPUTS.get(path)
+        if known is not None and known[0] == digest and path.is_file():
+            return known[1]
+        sha = write_png(path, picture)
+        _INPUTS[path] = (digest, sha)
+        return sha
 
 
 def stem(image: str, method: str, layer: Optional[str], target: Optional[int], with_target: bool) -> str:

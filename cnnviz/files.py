@@ -16,9 +16,6 @@ import numpy as np
 from PIL import Image
 
 
-_WRITTEN_LOCK = threading.Lock()  # the PNG pool writes from several threads
-
-
 def atomic_write(path: str | os.PathLike, data: bytes, durable: bool = False) -> str:
     """Write ``data`` to ``path`` atomically; returns its sha256.
 
@@ -72,6 +69,7 @@ def png_bytes(image: np.ndarray) -> bytes:
 _WRITTEN: "OrderedDict[str, tuple[tuple[int, int, int], np.ndarray]]" = OrderedDict()
 _WRITTEN_LIMIT = 64 << 20
 _written_bytes = 0
+_WRITTEN_LOCK = threading.Lock()  # the runner writes items on several threads
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> str:

@@ -73,6 +73,13 @@ def grid(frame: pd.DataFrame) -> Grid:
     return images, columns, cells
 
 
+def input_file(cells: dict, image: str) -> Optional[str]:
+    """The input picture of ``image`` (every row of the image names the same file)."""
+    first = next((row for (i, _), row in cells.items() if i == image), None)
+    src = first.get("file_input") if first is not None else None
+    return src if isinstance(src, str) else None
+
+
 def column_title(key: tuple) -> str:
     method, layer, target, job = key
     return " ".join(p for p in (method, f"@ {layer}" if layer else "", f"target {target}" if target not in ("", "default") else "",
@@ -84,9 +91,8 @@ def index_html(frame: pd.DataFrame, cells_grid: Optional[Grid] = None) -> str:
     head = "".join(f"<th>{html.escape(column_title(k))}</th>" for k in columns)
     body = []
     for image in images:
-        first = next((r for (i, _), r in cells.items() if i == image), None)
-        src = first.get("file_input") if first is not None else None
-        tds = [f"<th>{html.escape(image)}<br>" + (f'<img src="{html.escape(src)}" alt="{html.escape(image)}">' if isinstance(src, str) else "") + "</th>"]
+        src = input_file(cells, image)
+        tds = [f"<th>{html.escape(image)}<br>" + (f'<img src="{html.escape(src)}" alt="{html.escape(image)}">' if src else "") + "</th>"]
         for key in columns:
             row = cells.get((image, key))
             if row is None:
@@ -128,8 +134,7 @@ def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid
         draw.multiline_text((pad + c * (cell + pad), pad), "\n".join(lines), fill="black", font=font, spacing=1)
     files = {}
     for image in images:
-        first = next((row for (i, _), row in cells.items() if i == image), None)
-        files[image, 0] = first.get("file_input") if first is not None else None
+        files[image, 0] = input_file(cells, image)
         for c, key in enumerate(columns, 1):
             row = cells.get((image, key))
             files[image, c] = cell_file(row) if row is not None and row.get("status") == "ok" else None
