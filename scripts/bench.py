@@ -217,6 +217,41 @@ def exact(fn):
     return run
 
 
+def convolutions_alone(model: nn.Module, x: torch.Tensor, batch: int, batches: int):
+    """Only the convolutions of ``batches`` forward + input-gradient passes at ``batch`` images, on the
+    module cnnviz runs (the fast copy where it is used), with the inputs and output gradients recorded
+    once: a lower bound on any implementation of 50-point IG / SmoothGrad built on these kernels."""
+    def make():
+        net, fx = fastpath.fast_model(model, x)
+        fmt = torch.channels_last if net is not model else torch.contiguous_format
+        seen = []
+        hooks = [m.register_forward_pre_hook(lambda m, i: seen.append((m, i[0].detach())))
+                 for m in net.modules() if isinstance(m, nn.Conv2d)]
+        try:
+            with torch.no_grad():
+                net(fx.expand(batch, -1, -1, -1).contiguous(memory_format=fmt))
+        finally:
+            for h in hooks:
+                h.remove()
+        calls = []
+        for m, xin in seen:
+            w = m.weight.detach()
+            out = torch.nn.functional.conv2d(xin, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+            calls.append((m, xin, w, torch.randn_like(out).contiguous(memory_format=fmt)))
+
+        def run():
+            with torch.no_grad():
+                for _ in range(batches):
+                    for m, xin, w, g in calls:
+                        torch.nn.functional.conv2d(xin, w, m.bias, m.stride, m.padding, m.dilation, m.groups)
+                    for m, xin, w, g in reversed(calls):
+                        torch.ops.aten.convolution_backward(g, xin, w, None, list(m.stride), list(m.padding),
+                                                            list(m.dilation), False, [0, 0], m.groups,
+                                                            [True, False, False])
+        return run
+    return make
+
+
 # ---------------------------------------------------------------- peers
 
 def gradcam_lib(cls_name: str, model: nn.Module, layers: list[str], x: torch.Tensor, one_call_per_layer=False, **kw):
@@ -448,6 +483,9 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
                                                   method="gausslegendre", internal_batch_size=ibs),
                       slow=True, keep=f"ig_captum_{ibs}")
         b.rematch(name, "ig")
+        if not args.quick:
+            b.measure(name, f"bound: convolutions alone, {IG_STEPS // 10} x (fwd + input grad) at batch 10", "torch", "ig",
+                      convolutions_alone(model, x, 10, IG_STEPS // 10), slow=True, note="reference")
         if not args.quick:  # float32 accuracy itself: how far each library is from float64
             try:
                 b.outputs[(name, "ig_ref64")] = [captum_attr("IntegratedGradients", model.double(), x.double(),
@@ -633,6 +671,12 @@ def targets(b: Bench) -> list[str]:
             if ours and peer:
                 out.append(f"{verdict(ours.ms / peer.ms <= 0.8)} {model}: {label} <= 0.8 x captum's best: "
                            f"{ours.ms / peer.ms:.3f} (best captum: {peer.technique})")
+                # IG and SmoothGrad both take 50 forward + input-gradient passes at batch 10
+                bound = next((r for r in rows if r.model == model and r.group == "ig" and r.library == "torch"
+                              and r.ms is not None), None) if group != "occlusion" else None
+                if bound:
+                    out.append(f"     {model}: the convolutions alone of its {IG_STEPS} passes take {bound.ms / peer.ms:.3f} x "
+                               f"captum's best, cnnviz {ours.ms / bound.ms:.3f} x them")
     return out
 
 

@@ -38,6 +38,7 @@ def _ablate(out: torch.Tensor, channels: torch.Tensor, expand: bool) -> torch.Te
 @register("ablationcam")
 @dataclass
 class AblationCAM(CAMMethod):
+    many_passes = True
     uses_gradients = False
     batch_size: int = 64
     mode: str = "expand"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from typing import Any, ClassVar, ContextManager, Optional, Sequence
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from ..attribution import Attribution
 from ..errors import ConfigError
 from ..maps import to_numpy, upsample
+from ..memory import reusing_freed_memory
 from ..passes import Pass, PassRequest, activation_pass, rule_context, shared_passes
 from ..targets import Target
 
@@ -28,6 +30,9 @@ class Method:
     renders: ClassVar[tuple[str, ...]] = ("color", "gray")
     #: Files made from ``Attribution.extras``: ``"<writer>:<key>"`` specs, see ``cnnviz.outputs.WRITERS``.
     writes: ClassVar[tuple[str, ...]] = ()
+    #: True for techniques that run the model on many batches in one call (perturbations, paths,
+    #: optimisation): they run inside ``memory.reusing_freed_memory``.
+    many_passes: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -40,7 +45,11 @@ class Method:
             raise ValueError(f"{self.name}: x must be a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
         if self.needs_layer and not layer:
             raise ConfigError(f"{self.name} needs a layer: set layer=<dotted module name>")
-        return self.attribute(model, x, target, layer)
+        with self.memory():
+            return self.attribute(model, x, target, layer)
+
+    def memory(self):
+        return reusing_freed_memory() if self.many_passes else nullcontext()
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: Target, layer: Optional[str]) -> Attribution:
         raise NotImplementedError
@@ -127,7 +136,7 @@ class CAMMethod(Method):
     def attribute_layers(self, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str]) -> list[Attribution]:
         if self.uses_gradients:
             return self.from_passes(model, x, target, layers, shared_passes(model, x, target, self.pass_requests(layers)))
-        with torch.inference_mode():
+        with torch.inference_mode(), self.memory():
             return self.finish_all(model, x, activation_pass(model, x, target, layers=layers), layers, target)
 
     def pass_requests(self, layers):

@@ -72,6 +72,7 @@ def integrated_gradient(model, x1, x0, target, alphas, weights, batch_size, rule
 @register("integrated_gradients")
 @dataclass
 class IntegratedGradients(GradientMethod):
+    many_passes = True
     renders = ("color", "gray", "pos_sal", "neg_sal")
     n_steps: int = 50
     method: str = "gausslegendre"

@@ -44,6 +44,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 @register("occlusion")
 @dataclass
 class Occlusion(GradientMethod):
+    many_passes = True
     renders = ("color", "gray", "pos_sal", "neg_sal")
     window: int = 15
     stride: int = 8

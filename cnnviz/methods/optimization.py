@@ -188,6 +188,7 @@ class OptimizationMethod(Method):
     ``optimize`` (deep dream's octaves call ``descend`` once per scale).
     """
 
+    many_passes = True
     kind: ClassVar[str] = "optimization"
     renders: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ("png:final", "strip:snapshots", "gif:snapshots", "csv:loss", "plot:loss")

@@ -27,6 +27,7 @@ from .base import CAMMethod
 @register("scorecam")
 @dataclass
 class ScoreCAM(CAMMethod):
+    many_passes = True
     uses_gradients = False
     batch_size: int = 16
 

@@ -35,6 +35,7 @@ VARIANTS = ("mean", "sq", "var")
 @register("smoothgrad")
 @dataclass
 class SmoothGrad(Method):
+    many_passes = True
     renders = ("color", "gray", "pos_sal", "neg_sal")
     inner: str = "vanilla_backprop"
     inner_params: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,84 @@
+"""malloc keeps freed memory for the next batch inside ``reusing_freed_memory``, and only there."""
+from __future__ import annotations
+
+import ctypes
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from cnnviz import memory
+from cnnviz.methods import base
+from cnnviz.registry import get_method
+
+from conftest import TinyCNN
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _mmapped_bytes() -> int:
+    info = memory._libc.mallinfo2
+    info.restype = _MallInfo2
+    return info().hblkhd
+
+
+needs_glibc = pytest.mark.skipif(not memory.available() or not hasattr(memory._libc, "mallinfo2"),
+                                 reason="glibc >= 2.33 only")
+
+SIZE = 64 << 20  # above glibc's largest mmap threshold (32 MB): always mmap'ed by default
+
+
+def _grows_mmap() -> bool:
+    before = _mmapped_bytes()
+    block = np.ones(SIZE, dtype=np.uint8)
+    grew = _mmapped_bytes() - before >= SIZE
+    del block
+    return grew
+
+
+@needs_glibc
+def test_large_blocks_come_from_the_heap_inside_and_from_mmap_again_after():
+    assert _grows_mmap()
+    with memory.reusing_freed_memory():
+        assert not _grows_mmap()
+        with memory.reusing_freed_memory():
+            assert not _grows_mmap()
+        assert not _grows_mmap()  # the inner block's exit leaves the outer one's setting
+    assert _grows_mmap()
+
+
+@needs_glibc
+def test_freed_heap_memory_is_reused_inside_and_returned_on_exit():
+    info = memory._libc.mallinfo2
+    info.restype = _MallInfo2
+    with memory.reusing_freed_memory():
+        block = np.ones(SIZE, dtype=np.uint8)
+        del block
+        kept = info().fordblks  # free bytes held by malloc
+        assert kept >= SIZE
+        again = np.ones(SIZE, dtype=np.uint8)
+        assert info().fordblks <= kept - SIZE + (1 << 20)  # served from what was freed
+        del again
+    assert info().fordblks < SIZE  # trimmed on exit
+
+
+@pytest.mark.parametrize("name, many", [("integrated_gradients", True), ("smoothgrad", True), ("occlusion", True),
+                                        ("scorecam", True), ("gradcam", False), ("vanilla_backprop", False)])
+def test_batched_techniques_run_inside_the_block(monkeypatch, name, many):
+    entered = []
+
+    @contextmanager
+    def recording():
+        entered.append(name)
+        yield
+
+    monkeypatch.setattr(base, "reusing_freed_memory", recording)
+    cls = get_method(name)
+    assert cls.many_passes is many
+    method = cls(**({"n_samples": 2, "batch_size": 2} if name == "smoothgrad" else {"n_steps": 2} if name == "integrated_gradients" else {}))
+    method(TinyCNN().eval(), torch.rand(1, 3, 16, 16), 0, layer="features.2" if method.needs_layer else None)
+    assert bool(entered) is many
