@@ -8,9 +8,13 @@ this machine's virtual CPUs was a tenth of the time (4.2 s -> 3.7 s per batch wi
 
 ``reusing_freed_memory()`` lets malloc serve every size from its heap and keep what is freed there,
 so the next batch finds its memory already mapped — what PyTorch's caching allocator does on a GPU.
-On exit the settings go back to glibc's defaults and the heap is trimmed, so the process does not
-keep the technique's peak memory. Elsewhere than glibc it does nothing. Blocks may nest; threads
-share the one setting (malloc's options are process-wide).
+On exit the heap is trimmed, so the process does not keep the technique's peak memory, and malloc is
+left ``settle()``d: any ``mallopt`` call ends glibc's dynamic thresholds for good, so they are fixed
+where the dynamic ones end up in a PyTorch process once its large tensors are freed (mmap above
+32 MB, trim above 64 MB: glibc's maxima). Call ``settle()`` first when code timed before and after a
+block should run under the same malloc settings (``scripts/bench.py`` does, for the peers). Elsewhere
+than glibc all this does nothing. Blocks may nest; threads share the one setting (malloc's options
+are process-wide).
 """
 from __future__ import annotations
 
@@ -20,9 +24,9 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
-# mallopt parameters and glibc's defaults (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 * 1024, 65536
+# mallopt parameters (malloc.h); glibc's default mmap count, and its dynamic thresholds' maxima on 64 bits
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_MMAP_MAX, _MMAP_THRESHOLD, _TRIM_THRESHOLD = 65536, 32 << 20, 64 << 20
 
 _lock = threading.Lock()
 _depth = 0
@@ -44,6 +48,20 @@ def available() -> bool:
     return _libc is not None
 
 
+def settle() -> None:
+    """Fix malloc's thresholds at the values a block leaves behind (see the module's docstring)."""
+    if _libc is not None:
+        with _lock:
+            if _depth == 0:
+                _settle()
+
+
+def _settle() -> None:
+    _libc.mallopt(_M_MMAP_MAX, _MMAP_MAX)
+    _libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+    _libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+
+
 @contextmanager
 def reusing_freed_memory() -> Iterator[None]:
     global _depth
@@ -61,6 +79,5 @@ def reusing_freed_memory() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                _libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-                _libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                _settle()
                 _libc.malloc_trim(0)

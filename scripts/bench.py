@@ -48,7 +48,7 @@ from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cnnviz import fastpath, get_method  # noqa: E402
+from cnnviz import fastpath, get_method, memory  # noqa: E402
 from cnnviz.explain import compute, compute_group  # noqa: E402
 from cnnviz.models import efficientnet_lite0, torchvision_model  # noqa: E402
 
@@ -766,6 +766,7 @@ def main() -> None:
     args.sg_batches = [10] if args.quick else [None, 10, 25]
     args.occ_batches = [16] if args.quick else [1, 16, 64]
     torch.set_num_threads(args.threads)
+    memory.settle()  # every row, peers included, under the malloc settings cnnviz's batched calls leave
     warnings.filterwarnings("ignore")  # captum's "input did not require grad", hook-on-inplace notices
     generic_models = args.models or (["efficientnet_lite0"] if args.quick else list(MODELS))
     specific_models = args.models or list(MODELS)
@@ -807,6 +808,9 @@ def main() -> None:
     print("  defaults to batch_size=32; torchcam ScoreCAM defaults to 32; cnnviz scorecam 16, ablationcam 64.")
     print("cnnviz scorecam skips channels that are constant on the input ('k/C channels vary' in its row); the peers")
     print("  forward every channel's masked image. The input is seeded noise, not a photograph.")
+    print("malloc: cnnviz's batched techniques (IG, SmoothGrad, occlusion, Score-CAM, Ablation-CAM) keep freed memory")
+    print("  in malloc's heap between their batches (cnnviz/memory.py); outside those calls every row, peers included,")
+    print("  runs with glibc's thresholds fixed at their dynamic maxima (mmap > 32 MB, trim > 64 MB), set at start.")
     if args.quick and not args.scorecam_layer:
         print("--quick: torchcam ScoreCAM is skipped (about one minute); it runs in the full benchmark.")
     print()

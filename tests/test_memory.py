@@ -82,3 +82,13 @@ def test_batched_techniques_run_inside_the_block(monkeypatch, name, many):
     method = cls(**({"n_samples": 2, "batch_size": 2} if name == "smoothgrad" else {"n_steps": 2} if name == "integrated_gradients" else {}))
     method(TinyCNN().eval(), torch.rand(1, 3, 16, 16), 0, layer="features.2" if method.needs_layer else None)
     assert bool(entered) is many
+
+
+@needs_glibc
+def test_settle_fixes_the_thresholds_where_a_block_leaves_them():
+    memory.settle()
+    before = _mmapped_bytes()
+    block = np.ones(16 << 20, dtype=np.uint8)  # under the 32 MB threshold: from the heap
+    assert _mmapped_bytes() - before < 16 << 20
+    del block
+    assert _grows_mmap()  # 64 MB: over it
