@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import urllib.request
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -83,12 +82,15 @@ def _decode(path: Path, key: str) -> tuple[Image.Image, str]:
     data = path.read_bytes()
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                rgb = to_rgb(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        with Image.open(path) as img:
+            # Pillow only warns between one and two times its limit; refused here without touching the
+            # warnings filters, which are process-wide (images are read on a worker thread)
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                raise Image.DecompressionBombError(f"{img.width}x{img.height} = {img.width * img.height} pixels")
+            img.load()
+            rgb = to_rgb(img)
+    except Image.DecompressionBombError as e:
         raise ConfigError(
             f"{key}: '{path}' is too large to decode safely ({e}). Pillow's decompression-bomb limit "
             f"is {Image.MAX_IMAGE_PIXELS} pixels; downscale the image first"

@@ -60,8 +60,9 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
     clock = {"compute": 0.0}
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    env = environment(str(plan.device), plan.seed, plan.model.weights_sha256)
-    atomic_write(out_dir / "env.json", json.dumps(env, indent=2).encode())
+    # env.json (a git call) and each next image's reading are done by the writer threads while the
+    # techniques compute
+    env_written = _writers().submit(_write_env, out_dir, plan)
     manifest = Manifest(out_dir / "manifest.csv")
     units = units_of(plan)
     planned = sum(len(u.layers) or 1 for u in units)
@@ -73,9 +74,12 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
     log.info("%d calls: %d image(s) x %d method(s) x %d target(s), model %s",
              len(units), len(plan.images), len(plan.methods), len(plan.targets), plan.model.name)
     progress = tqdm(total=len(units), desc="cnnviz", unit="call", disable=None)
-    for image_index in dict.fromkeys(i for i, _ in groups):
+    order = list(dict.fromkeys(i for i, _ in groups))
+    upcoming = _writers().submit(_load, plan.images[order[0]], plan) if order else None
+    for k, image_index in enumerate(order):
         src = plan.images[image_index]
-        loaded = _load(src, plan)  # one image in memory at a time
+        loaded = upcoming.result()  # two images in memory at a time: this one and the next
+        upcoming = _writers().submit(_load, plan.images[order[k + 1]], plan) if k + 1 < len(order) else None
         for target_request in [t for i, t in groups if i == image_index]:
             todo = [u for u in units if u.image == image_index and u.target == target_request]
             base = {u.method: {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
@@ -115,6 +119,7 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
             manifest.extend(group_rows)
             log.debug("group %s / target %s: %.0f ms", src.name, target_request, (time.perf_counter() - start) * 1000)
     progress.close()
+    env_written.result()
     frame = manifest.frame()
     gallery0 = time.perf_counter()
     write_gallery(out_dir, frame)
@@ -209,6 +214,11 @@ def _item_rows(unit: Unit, base: dict, result, ms: float, loaded, src, plan: Pla
 def metric_record(metrics: dict) -> str:
     """The ``metric_params`` cell: every configured metric and its options, as JSON."""
     return json.dumps({name: m.params() for name, m in metrics.items()}, sort_keys=True, default=str)
+
+
+def _write_env(out_dir: Path, plan: Plan) -> None:
+    env = environment(str(plan.device), plan.seed, plan.model.weights_sha256)
+    atomic_write(out_dir / "env.json", json.dumps(env, indent=2).encode())
 
 
 def _load(src, plan: Plan):
