@@ -27,6 +27,7 @@ from typing import Iterator, Optional
 # mallopt parameters (malloc.h); glibc's default mmap count, and its dynamic thresholds' maxima on 64 bits
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _MMAP_MAX, _MMAP_THRESHOLD, _TRIM_THRESHOLD = 65536, 32 << 20, 64 << 20
+_NEVER = 2**31 - 1  # mallopt takes an int
 
 _lock = threading.Lock()
 _depth = 0
@@ -71,7 +72,7 @@ def reusing_freed_memory() -> Iterator[None]:
     with _lock:
         if _depth == 0:
             _libc.mallopt(_M_MMAP_MAX, 0)
-            _libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1))
+            _libc.mallopt(_M_TRIM_THRESHOLD, _NEVER)
         _depth += 1
     try:
         yield

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -52,7 +53,6 @@ def test_large_blocks_come_from_the_heap_inside_and_from_mmap_again_after():
 
 
 def _resident_bytes() -> int:
-    import os
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
