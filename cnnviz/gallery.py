@@ -143,9 +143,9 @@ def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid
         picture = read_png(folder / f) if isinstance(f, str) else None
         if picture is None:
             return None
-        thumb = Image.fromarray(picture).convert("RGB")
-        thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)
-        return thumb
+        thumb = Image.fromarray(picture)
+        thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)  # before the RGB conversion: a grey map resizes 2x faster
+        return thumb.convert("RGB")
 
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # decoding and resizing release the GIL
         thumbs = dict(zip(files, pool.map(thumbnail, files.values())))

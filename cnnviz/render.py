@@ -17,28 +17,59 @@ def _minmax(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
-def _hwc(g: np.ndarray) -> np.ndarray:
-    return np.transpose(g, (1, 2, 0))
+def _scaled_uint8(a: np.ndarray, lo: float, scale: float) -> np.ndarray:
+    """``rint((a - lo) * scale)`` clipped to [0, 255], as uint8, ``a`` a float32 array changed in place.
+    Float32 suffices for 256 levels (it differs from float64 only on exact .5 ties) and halves the
+    memory traffic of the gradient renders, which run for every item."""
+    a -= np.float32(lo)
+    a *= np.float32(scale)
+    np.rint(a, out=a)
+    np.clip(a, 0, 255, out=a)
+    return a.astype(np.uint8)
+
+
+def _hwc32(g: np.ndarray) -> np.ndarray:
+    """``(C, H, W)`` -> a new C-contiguous float32 ``(H, W, C)`` array (the PNG's own layout)."""
+    return np.array(np.transpose(g, (1, 2, 0)), dtype=np.float32, order="C")
 
 
 def colored_gradient(g: np.ndarray) -> np.ndarray:
     """``(3, H, W)`` gradient -> ``(H, W, 3)`` uint8, min-max over all channels."""
-    return _hwc(_to_uint8(_minmax(g)))
+    lo, hi = float(g.min()), float(g.max())
+    if not hi > lo:
+        return np.zeros((*g.shape[1:], g.shape[0]), np.uint8)
+    return _scaled_uint8(_hwc32(g), lo, 255.0 / (hi - lo))
+
+
+def _percentile(a: np.ndarray, q: float) -> float:
+    """``np.percentile(a, q)`` (its default linear interpolation) from one partition at the lower rank
+    and the minimum above it: 10x faster than numpy's own, which partitions at both ranks."""
+    flat = a.ravel()
+    rank = q / 100.0 * (flat.size - 1)
+    k = int(np.floor(rank))
+    part = np.partition(flat, k)
+    lo = float(part[k])
+    hi = float(part[k + 1:].min()) if k + 1 < flat.size else lo
+    t = rank - k
+    return lo + (hi - lo) * t if t < 0.5 else hi - (hi - lo) * (1 - t)
 
 
 def grayscale_gradient(g: np.ndarray, percentile: float = 99.0) -> np.ndarray:
     """Sum of |g| over channels, clipped at the given percentile -> ``(H, W)`` uint8."""
-    m = np.abs(g.astype(np.float64)).sum(axis=0)
-    top = np.percentile(m, percentile)
-    top = top if top > 0 else m.max()  # a gradient on under 1% of pixels stays visible
-    return _to_uint8(np.clip(m / top, 0, 1) if top > 0 else np.zeros_like(m))
+    m = np.abs(g, dtype=np.float32).sum(axis=0, dtype=np.float32)
+    top = _percentile(m, percentile)
+    top = top if top > 0 else float(m.max())  # a gradient on under 1% of pixels stays visible
+    return _scaled_uint8(m, 0.0, 255.0 / top) if top > 0 else np.zeros(m.shape, np.uint8)
 
 
 def positive_saliency(g: np.ndarray) -> np.ndarray:
     """max(g, 0) / max(g) as ``(H, W, 3)`` uint8."""
-    g = g.astype(np.float64)
-    top = g.max()
-    return _hwc(_to_uint8(np.maximum(g, 0) / top if top > 0 else np.zeros_like(g)))
+    top = float(g.max())
+    if not top > 0:
+        return np.zeros((*g.shape[1:], g.shape[0]), np.uint8)
+    hwc = _hwc32(g)
+    np.maximum(hwc, 0, out=hwc)
+    return _scaled_uint8(hwc, 0.0, 255.0 / top)
 
 
 def negative_saliency(g: np.ndarray) -> np.ndarray:
@@ -88,8 +119,12 @@ def cam_on_image(cam: np.ndarray, image: np.ndarray, alpha: float = 0.4, cmap: s
     """Blend the colorised map over a uint8 ``(H, W, 3)`` image of the same size."""
     if cam.shape != image.shape[:2]:
         raise ValueError(f"map of shape {cam.shape} does not match image of shape {image.shape[:2]}")
-    heat = colorize(cam, cmap).astype(np.float64)
-    return np.clip(np.rint((1 - alpha) * image + alpha * heat), 0, 255).astype(np.uint8)
+    blend = colorize(cam, cmap).astype(np.float32)
+    blend *= np.float32(alpha)
+    blend += np.multiply(image, np.float32(1 - alpha), dtype=np.float32)
+    np.rint(blend, out=blend)
+    np.clip(blend, 0, 255, out=blend)
+    return blend.astype(np.uint8)
 
 
 def relevance_heatmap(r: np.ndarray, cmap: str = "seismic") -> np.ndarray:

@@ -234,3 +234,13 @@ def test_colormap_table_lookup_equals_matplotlib(cmap):
     v = np.concatenate([np.random.default_rng(6).random(5000), np.linspace(0, 1, 4097),
                         [0.0, 1.0, np.nextafter(1.0, 0), 1 / 256, 255 / 256, np.nan]])
     np.testing.assert_array_equal(render._through_colormap(v, cmap), u8(colormaps[cmap](v)[..., :3]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1001, 50176])
+@pytest.mark.parametrize("q", [0, 1, 50, 99, 99.9, 100])
+def test_percentile_is_numpys_linear_percentile(n, q):
+    a = np.random.default_rng(n).standard_normal(n)
+    assert render._percentile(a, q) == np.percentile(a, q)
+    # float32 input: numpy interpolates in float32, the helper in float64
+    a32 = a.astype(np.float32)
+    assert render._percentile(a32, q) == pytest.approx(float(np.percentile(a32, q)), rel=1e-6, abs=1e-7)
