@@ -95,6 +95,7 @@ class Row:
     note: str = ""
     rss_mb: float = 0.0
     times: tuple = ()
+    floor_times: tuple = ()  # the floor run right after each timed run (interleaved), when paired
     make: Optional[Callable] = field(default=None, repr=False)  # to time it again (rematch)
 
 
@@ -137,6 +138,7 @@ class Bench:
         self.rows: list[Row] = []
         self.outputs: dict[tuple[str, str], list] = {}  # (model, key) -> first [and last] result, for the agreement checks
         self.start = time.perf_counter()
+        self.floors: dict[str, Callable[[], Callable[[], Any]]] = {}  # model -> its floor, for paired rows
 
     def log(self, msg: str) -> None:
         print(f"[{time.perf_counter() - self.start:7.1f} s] {msg}", file=sys.stderr, flush=True)
@@ -157,11 +159,21 @@ class Bench:
                 times.append(first)
                 row.cold = True
             n = 1 if slow else self.args.repeats
+            # a fast row takes turns with its model's floor, so that both see the machine at the same speed
+            floor = self.floors[model]() if not slow and group != "floor" and model in self.floors else None
+            if floor is not None:
+                floor()
+            floor_times = []
             while len(times) < n:
                 t0 = time.perf_counter()
                 out = fn()
                 times.append((time.perf_counter() - t0) * 1000.0)
+                if floor is not None:
+                    t0 = time.perf_counter()
+                    floor()
+                    floor_times.append((time.perf_counter() - t0) * 1000.0)
             row.ms, row.runs, row.times = statistics.median(times), len(times), tuple(times)
+            row.floor_times = tuple(floor_times)
             if keep:  # the first and the last call's results (two noise draws for captum's NoiseTunnel)
                 self.outputs[(model, keep)] = [first_out] + ([out] if out is not first_out else [])
             out = first_out = None
@@ -380,7 +392,9 @@ def run_model(b: Bench, name: str, generic: bool, specific: bool) -> None:
         return run
 
     b.measure(name, "floor (fwd+bwd to input)", "torch", "floor", floor_fn)
+    b.floors[name] = floor_fn
     run_items(b, name, model, x, generic, specific)
+    del b.floors[name]
     # again at the end: the machine's speed drifts (other processes), the ratios use both
     b.measure(name, "floor again, after the rows above", "torch", "floor", floor_fn)
     model = None
@@ -531,18 +545,25 @@ def floor_ms(rows: list[Row], model: str) -> Optional[float]:
     return statistics.median(times) if times else None
 
 
+def x_floor(rows: list[Row], r: Row) -> Optional[float]:
+    """``r``'s median over its floor: the floor runs interleaved with its own where it has them, else the
+    model's pooled floor rows."""
+    fl = statistics.median(r.floor_times) if r.floor_times else floor_ms(rows, r.model)
+    return r.ms / fl if r.ms is not None and fl else None
+
+
 def table(rows: list[Row]) -> str:
     head = ["model", "technique", "library", "median ms", "x floor", "x best peer", "peak RSS MB", "runs / note"]
     lines = []
     for r in rows:
-        fl = floor_ms(rows, r.model)
+        xf = x_floor(rows, r)
         peer = best_peer(rows, r) if r.library == "cnnviz" else None
         runs = f"{r.runs}{' cold' if r.cold else ''}" if r.ms is not None else ""
         runs = ", ".join(p for p in (runs, r.note) if p)
         lines.append([
             r.model, r.technique, r.library,
             f"{r.ms:.1f}" if r.ms is not None else r.error,
-            f"{r.ms / fl:.2f}" if r.ms is not None and fl else "",
+            f"{xf:.2f}" if xf is not None else "",
             f"{r.ms / peer.ms:.3f}" if peer and r.ms is not None else "",
             f"{r.rss_mb:.0f}",
             runs,
@@ -636,20 +657,20 @@ def targets(b: Bench) -> list[str]:
         if not fl:
             continue
         cams = [(c, get(model, c, "cnnviz")) for c in GRADIENT_CAMS]
-        cams = [(c, r.ms / fl) for c, r in cams if r]
+        cams = [(c, x_floor(rows, r)) for c, r in cams if r]
         if cams:
             worst = max(v for _, v in cams)
             out.append(f"{verdict(worst <= 0.6)} {model}: gradient CAMs <= 0.6 x floor: worst {worst:.2f} ("
                        + ", ".join(f"{c} {v:.2f}" for c, v in cams) + ")")
         grads = [(g, get(model, g, "cnnviz")) for g in GRADIENTS]
-        grads = [(g, r.ms / fl) for g, r in grads if r]
+        grads = [(g, x_floor(rows, r)) for g, r in grads if r]
         if grads:
             worst = max(v for _, v in grads)
             out.append(f"{verdict(worst <= 1.1)} {model}: vanilla/guided/deconvnet/grad_times_image <= 1.1 x floor: worst "
                        f"{worst:.2f} (" + ", ".join(f"{g} {v:.2f}" for g, v in grads) + ")")
         l16, loop = get(model, "layers16", "cnnviz"), get(model, "layers16", "pytorch-grad-cam")
         if l16:
-            out.append(f"{verdict(l16.ms / fl <= 1.3)} {model}: 16-layer Grad-CAM <= 1.3 x floor: {l16.ms / fl:.2f}")
+            out.append(f"{verdict(x_floor(rows, l16) <= 1.3)} {model}: 16-layer Grad-CAM <= 1.3 x floor: {x_floor(rows, l16):.2f}")
             if loop:
                 s = loop.ms / l16.ms
                 out.append(f"{verdict(s >= 20)} {model}: 16-layer Grad-CAM >= 20x faster than the per-layer "
@@ -657,7 +678,7 @@ def targets(b: Bench) -> list[str]:
         c4 = next((r for r in rows if r.model == model and r.group == "classic4" and r.library == "cnnviz"
                    and r.ms is not None and "compute_group" in r.technique), None)
         if c4:
-            out.append(f"{verdict(c4.ms / fl <= 2.2)} {model}: classic four (compute_group) <= 2.2 x floor: {c4.ms / fl:.2f}")
+            out.append(f"{verdict(x_floor(rows, c4) <= 2.2)} {model}: classic four (compute_group) <= 2.2 x floor: {x_floor(rows, c4):.2f}")
         ab, abp = get(model, "ablationcam", "cnnviz"), get(model, "ablationcam", "pytorch-grad-cam")
         if ab and abp:
             s = abp.ms / ab.ms
@@ -790,8 +811,10 @@ def main() -> None:
     print()
     print(table(b.rows))
     print()
-    print("x floor: median / the same model's floor: one forward + one backward of the target logit to the input, timed")
-    print("  before and after the model's other rows; the floor is the median of both rows' timed runs pooled.")
+    print("x floor: median / the same model's floor: one forward + one backward of the target logit to the input.")
+    print("  Rows timed several times take turns with the floor (technique, floor, technique, floor, ...) and divide by")
+    print("  the median of those floor runs, so both see the machine at the same speed; rows timed once (slow) divide")
+    print("  by the floor rows' runs pooled (timed before and after the model's other rows).")
     print("x best peer: cnnviz median / the fastest peer row of the same model and comparison (< 1: cnnviz faster);")
     print("  peers are blank. 'reference' rows (cnnviz run separately) are not peers.")
     print("peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss, the process peak so far (monotonic; includes the")
