@@ -19,8 +19,9 @@ def _minmax(a: np.ndarray) -> np.ndarray:
 
 def _scaled_uint8(a: np.ndarray, lo: float, scale: float) -> np.ndarray:
     """``rint((a - lo) * scale)`` clipped to [0, 255], as uint8, ``a`` a float32 array changed in place.
-    Float32 suffices for 256 levels (it differs from float64 only on exact .5 ties) and halves the
-    memory traffic of the gradient renders, which run for every item."""
+    Float32 suffices for 256 levels (it differs from float64 by one level, only where a value sits
+    within float32 rounding of a .5 tie) and halves the memory traffic of the gradient renders, which
+    run for every item."""
     a -= np.float32(lo)
     a *= np.float32(scale)
     np.rint(a, out=a)

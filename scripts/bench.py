@@ -393,8 +393,10 @@ def run_model(b: Bench, name: str, generic: bool, specific: bool) -> None:
 
     b.measure(name, "floor (fwd+bwd to input)", "torch", "floor", floor_fn)
     b.floors[name] = floor_fn
-    run_items(b, name, model, x, generic, specific)
-    del b.floors[name]
+    try:
+        run_items(b, name, model, x, generic, specific)
+    finally:
+        del b.floors[name]
     # again at the end: the machine's speed drifts (other processes), the ratios use both
     b.measure(name, "floor again, after the rows above", "torch", "floor", floor_fn)
     model = None
@@ -670,7 +672,8 @@ def targets(b: Bench) -> list[str]:
                        f"{worst:.2f} (" + ", ".join(f"{g} {v:.2f}" for g, v in grads) + ")")
         l16, loop = get(model, "layers16", "cnnviz"), get(model, "layers16", "pytorch-grad-cam")
         if l16:
-            out.append(f"{verdict(x_floor(rows, l16) <= 1.3)} {model}: 16-layer Grad-CAM <= 1.3 x floor: {x_floor(rows, l16):.2f}")
+            v = x_floor(rows, l16)
+            out.append(f"{verdict(v <= 1.3)} {model}: 16-layer Grad-CAM <= 1.3 x floor: {v:.2f}")
             if loop:
                 s = loop.ms / l16.ms
                 out.append(f"{verdict(s >= 20)} {model}: 16-layer Grad-CAM >= 20x faster than the per-layer "
@@ -678,7 +681,8 @@ def targets(b: Bench) -> list[str]:
         c4 = next((r for r in rows if r.model == model and r.group == "classic4" and r.library == "cnnviz"
                    and r.ms is not None and "compute_group" in r.technique), None)
         if c4:
-            out.append(f"{verdict(x_floor(rows, c4) <= 2.2)} {model}: classic four (compute_group) <= 2.2 x floor: {x_floor(rows, c4):.2f}")
+            v = x_floor(rows, c4)
+            out.append(f"{verdict(v <= 2.2)} {model}: classic four (compute_group) <= 2.2 x floor: {v:.2f}")
         ab, abp = get(model, "ablationcam", "cnnviz"), get(model, "ablationcam", "pytorch-grad-cam")
         if ab and abp:
             s = abp.ms / ab.ms
