@@ -23,7 +23,7 @@ on efficientnet_lite0 only, plus the vgg19-only rows (16-layer Grad-CAM, Ablatio
 cnnviz's batch only (IG internal_batch_size 10, NoiseTunnel 10, Occlusion perturbations_per_eval 16;
 the full run tries None/10/25, None/10/25 and 1/16/64) and no torchcam ScoreCAM; about 4.5 minutes
 on 2 cores, half of it pytorch-grad-cam's AblationCAM on vgg19 (512 channels x a full vgg19 forward).
-The full run takes about 40 minutes on 2 cores (vgg19 occlusion: 729-784 vgg19 forwards per
+The full run takes about 45 minutes on 2 cores (vgg19 occlusion: 729-784 vgg19 forwards per
 library and batch setting).
 """
 from __future__ import annotations
@@ -364,16 +364,15 @@ def captum_noise_tunnel_given_draws(model: nn.Module, x: torch.Tensor, seed: int
 
     run = captum_noise_tunnel(model, x, 10)
 
-    def draws(mean, std, *args, **kwargs):
-        z = torch.cat([torch.randn((1, *std.shape[1:]), generator=g, dtype=std.dtype) for _ in range(std.shape[0])])
-        return mean + std * z
-
     def run_given_draws():
-        nonlocal g
         g = torch.Generator().manual_seed(seed)
+
+        def draws(mean, std, *args, **kwargs):
+            z = torch.cat([torch.randn((1, *std.shape[1:]), generator=g, dtype=std.dtype) for _ in range(std.shape[0])])
+            return mean + std * z
+
         with mock.patch.object(torch, "normal", draws):
             return run()
-    g = None
     return run_given_draws
 
 
@@ -513,54 +512,50 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
                       lambda: torchcam_lib("ScoreCAM", model, [sl], x), slow=True)
 
     if generic and "ig" in items:
-        b.measure(name, f"integrated_gradients {IG_STEPS} GL zero ibs=10", "cnnviz", "ig",
-                  lambda: cnnviz_call(cnnviz_method("integrated_gradients", mean, std, n_steps=IG_STEPS,
-                                                    method="gausslegendre", baseline="zero", internal_batch_size=10),
-                                      model, x, []), slow=True, keep="ig")
+        def ig_ours():
+            return cnnviz_call(cnnviz_method("integrated_gradients", mean, std, n_steps=IG_STEPS, method="gausslegendre",
+                                             baseline="zero", internal_batch_size=10), model, x, [])
+
+        def ig_captum(net, xin, ibs=10):
+            return captum_attr("IntegratedGradients", net, xin, n_steps=IG_STEPS, method="gausslegendre",
+                               internal_batch_size=ibs)
+
+        b.measure(name, f"integrated_gradients {IG_STEPS} GL zero ibs=10", "cnnviz", "ig", ig_ours, slow=True, keep="ig")
         if not args.quick:  # the model as given: the arithmetic captum does (the fast copy rounds differently)
             b.measure(name, f"integrated_gradients {IG_STEPS} GL zero ibs=10, fast_copy off", "cnnviz", "ig",
-                      lambda: exact(cnnviz_call(cnnviz_method("integrated_gradients", mean, std, n_steps=IG_STEPS,
-                                                              method="gausslegendre", baseline="zero",
-                                                              internal_batch_size=10), model, x, [])),
-                      slow=True, note="reference", keep="ig_exact")
+                      lambda: exact(ig_ours()), slow=True, note="reference", keep="ig_exact")
         for ibs in args.ig_batches:
             b.measure(name, f"IntegratedGradients {IG_STEPS} GL zero ibs={ibs}", "captum", "ig",
-                      lambda ibs=ibs: captum_attr("IntegratedGradients", model, x, n_steps=IG_STEPS,
-                                                  method="gausslegendre", internal_batch_size=ibs),
-                      slow=True, keep=f"ig_captum_{ibs}")
+                      lambda ibs=ibs: ig_captum(model, x, ibs), slow=True, keep=f"ig_captum_{ibs}")
         b.rematch(name, "ig")
         if not args.quick:
             b.measure(name, f"bound: convolutions alone, {IG_STEPS // 10} x (fwd + input grad) at batch 10", "torch", "ig",
                       convolutions_alone(model, x, 10, IG_STEPS // 10), slow=True, note="reference")
-        if not args.quick:  # float32 accuracy itself: how far each library is from float64
-            try:
-                b.outputs[(name, "ig_ref64")] = [captum_attr("IntegratedGradients", model.double(), x.double(),
-                                                             n_steps=IG_STEPS, method="gausslegendre",
-                                                             internal_batch_size=10)()]
+            try:  # float32 accuracy itself: how far each library is from float64
+                b.outputs[(name, "ig_ref64")] = [ig_captum(model.double(), x.double())()]
             finally:
                 model.float()
             # the same method on the same network: captum on cnnviz's fast copy, and on a channels-last copy of
             # the model (how far captum itself moves with the memory layout alone)
             net, fx = fastpath.fast_model(model, x)
             if net is not model:
-                b.outputs[(name, "ig_samenet_captum")] = [captum_attr(
-                    "IntegratedGradients", net, fx, n_steps=IG_STEPS, method="gausslegendre", internal_batch_size=10)()]
-            b.outputs[(name, "ig_cl_captum")] = [captum_attr(
-                "IntegratedGradients", fresh(model).to(memory_format=torch.channels_last), x.contiguous(
-                    memory_format=torch.channels_last), n_steps=IG_STEPS, method="gausslegendre", internal_batch_size=10)()]
+                b.outputs[(name, "ig_samenet_captum")] = [ig_captum(net, fx)()]
+            b.outputs[(name, "ig_cl_captum")] = [ig_captum(fresh(model).to(memory_format=torch.channels_last),
+                                                           x.contiguous(memory_format=torch.channels_last))()]
 
     if generic and "smoothgrad" in items:
-        b.measure(name, f"smoothgrad {SG_SAMPLES}x{SG_NOISE} batch 10", "cnnviz", "smoothgrad",
-                  lambda: cnnviz_call(cnnviz_method("smoothgrad", mean, std, n_samples=SG_SAMPLES, noise_level=SG_NOISE,
-                                                    batch_size=10), model, x, []), slow=True, keep="sg")
+        def sg_ours():
+            return cnnviz_call(cnnviz_method("smoothgrad", mean, std, n_samples=SG_SAMPLES, noise_level=SG_NOISE,
+                                             batch_size=10), model, x, [])
+
+        b.measure(name, f"smoothgrad {SG_SAMPLES}x{SG_NOISE} batch 10", "cnnviz", "smoothgrad", sg_ours,
+                  slow=True, keep="sg")
         for bs in args.sg_batches:
             b.measure(name, f"NoiseTunnel(Saliency) {SG_SAMPLES}x{SG_NOISE} batch={bs}", "captum", "smoothgrad",
                       lambda bs=bs: captum_noise_tunnel(model, x, bs), slow=True, keep=f"sg_captum_{bs}")
         b.rematch(name, "smoothgrad")
         if not args.quick:  # the same draws: cnnviz (fast copy and the model as given) against captum on each network
-            with fastpath.exact():
-                b.outputs[(name, "sg_exact")] = [cnnviz_call(cnnviz_method(
-                    "smoothgrad", mean, std, n_samples=SG_SAMPLES, noise_level=SG_NOISE, batch_size=10), model, x, [])()]
+            b.outputs[(name, "sg_exact")] = [exact(sg_ours())()]
             b.outputs[(name, "sg_draws_captum")] = [captum_noise_tunnel_given_draws(model, x)()]
             net, fx = fastpath.fast_model(model, x)
             if net is not model:
