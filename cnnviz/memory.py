@@ -15,6 +15,12 @@ where the dynamic ones end up in a PyTorch process once its large tensors are fr
 block should run under the same malloc settings (``scripts/bench.py`` does, for the peers). Elsewhere
 than glibc all this does nothing. Blocks may nest; threads share the one setting (malloc's options
 are process-wide).
+
+A thread malloc has not seen before gets an arena of its own, and such an arena grows in heaps of
+at most 64 MB: a larger block comes from ``mmap`` whatever the settings above, and is faulted in
+again on every batch. ``one_arena()`` (called when ``cnnviz.streams`` is imported) has threads
+started from then on share the arenas that exist — for good: glibc fixes the limit when the
+next thread starts, as ``MALLOC_ARENA_MAX=1`` in the environment would.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 # mallopt parameters (malloc.h); glibc's default mmap count, and its dynamic thresholds' maxima on 64 bits
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -3, -4, -8
 _MMAP_MAX, _MMAP_THRESHOLD, _TRIM_THRESHOLD = 65536, 32 << 20, 64 << 20
 _NEVER = 2**31 - 1  # mallopt takes an int
 
@@ -61,6 +67,12 @@ def _settle() -> None:
     _libc.mallopt(_M_MMAP_MAX, _MMAP_MAX)
     _libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
     _libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+
+
+def one_arena() -> None:
+    """Threads started from now on allocate from the arenas malloc already has (see above)."""
+    if _libc is not None:
+        _libc.mallopt(_M_ARENA_MAX, 1)
 
 
 @contextmanager

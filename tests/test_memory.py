@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -95,3 +97,26 @@ def test_settle_fixes_the_thresholds_where_a_block_leaves_them():
     assert _mmapped_bytes() - before < 16 << 20
     del block
     assert _grows_mmap()  # 64 MB: over it
+
+
+@needs_glibc
+def test_a_thread_started_after_import_takes_blocks_above_64_mb_from_the_heap_inside():
+    """``cnnviz.streams`` has later threads share malloc's arenas: an arena of the thread's own grows in
+    heaps of at most 64 MB, so a larger block would be mmap'ed (and faulted in) on every batch."""
+    importlib.import_module("cnnviz.streams")  # what sets it (imported with cnnviz anyway)
+
+    size = 96 << 20
+    grew = []
+
+    def allocate():
+        with memory.reusing_freed_memory():
+            for _ in range(2):
+                before = _mmapped_bytes()
+                block = np.ones(size, dtype=np.uint8)
+                grew.append(_mmapped_bytes() - before >= size)
+                del block
+
+    t = threading.Thread(target=allocate)
+    t.start()
+    t.join()
+    assert grew == [False, False]

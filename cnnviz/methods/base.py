@@ -80,6 +80,11 @@ class GradientMethod(Method):
     def backward_rule(self, model: nn.Module) -> Optional[ContextManager]:
         return rule_context(model, self.rule())
 
+    def concurrent(self) -> bool:
+        """Whether calls may run at once on one model from several threads (``cnnviz.streams``):
+        plain gradients put no hook on the model and change none of its state."""
+        return self.rule() == ("plain",) and type(self).attribute is GradientMethod.attribute
+
     def check(self, model):
         rule = self.backward_rule(model)
         if rule is not None:

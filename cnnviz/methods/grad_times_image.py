@@ -54,6 +54,9 @@ class GradTimesImage(GradientMethod):
     def check(self, model):
         self.inner().check(model)
 
+    def concurrent(self):
+        return self.inner().concurrent()
+
     def pass_requests(self, layers):
         inner = self.inner()
         return [] if self.base == "integrated" else inner.pass_requests([])

@@ -31,6 +31,7 @@ from ..fastpath import forward_fn
 from ..maps import to_numpy
 from ..passes import gradient_pass, target_scores
 from ..registry import register
+from ..streams import in_order, per_stream, stream_count
 from ..targets import class_indices
 from .base import GradientMethod
 
@@ -54,18 +55,24 @@ def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (k + offset) / n, np.full(n, 1.0 / n)
 
 
-def integrated_gradient(model, x1, x0, target, alphas, weights, batch_size, rule=None) -> torch.Tensor:
-    """(x − x') ⊙ Σ_k w_k ∇f(x' + α_k (x − x')) for one image ``x1`` of shape (1, C, H, W)."""
+def integrated_gradient(model, x1, x0, target, alphas, weights, batch_size, rule=None, streams=1) -> torch.Tensor:
+    """(x − x') ⊙ Σ_k w_k ∇f(x' + α_k (x − x')) for one image ``x1`` of shape (1, C, H, W), the
+    steps ``batch_size`` at a time over ``streams`` streams (``cnnviz.streams``)."""
     diff = x1 - x0
-    total = torch.zeros_like(x1, dtype=torch.float64)
     a = torch.as_tensor(alphas, dtype=x1.dtype, device=x1.device)
     w = torch.as_tensor(weights, dtype=torch.float64, device=x1.device)
-    for start in range(0, len(a), batch_size):
-        ak, wk = a[start:start + batch_size], w[start:start + batch_size]
+    size = per_stream(batch_size, streams)
+
+    def weighted_sum(start: int) -> torch.Tensor:
+        ak, wk = a[start:start + size], w[start:start + size]
         points = x0 + ak.view(-1, 1, 1, 1) * diff
         t = target if callable(target) else [target] * len(ak)
         g = gradient_pass(model, points, t, rule=rule).input_gradient
-        total += (wk.view(-1, 1, 1, 1) * g.double()).sum(dim=0, keepdim=True)
+        return (wk.view(-1, 1, 1, 1) * g.double()).sum(dim=0, keepdim=True)
+
+    total = torch.zeros_like(x1, dtype=torch.float64)
+    for part in in_order(weighted_sum, range(0, len(a), size), streams):
+        total += part
     return diff * total.to(x1.dtype)
 
 
@@ -91,6 +98,9 @@ class IntegratedGradients(GradientMethod):
         if self.n_steps < 1 or self.internal_batch_size < 1:
             raise ConfigError(f"method.{self.name}: n_steps and internal_batch_size must be >= 1")
 
+    def concurrent(self) -> bool:
+        return self.rule() == ("plain",)
+
     def baseline_for(self, x: torch.Tensor) -> torch.Tensor:
         if self.baseline == "zero":
             return torch.zeros_like(x)
@@ -115,10 +125,11 @@ class IntegratedGradients(GradientMethod):
             logits, base_logits = forward(x), forward(x0)
         idx = class_indices(target, logits)
         values, gaps, deltas = [], [], []
+        streams = stream_count(model, x) if self.concurrent() else 1
         for b in range(x.shape[0]):
             t = target if idx is None else int(idx[b])
             ig = integrated_gradient(model, x[b:b + 1], x0[b:b + 1], t, alphas, weights, self.internal_batch_size,
-                                     self.backward_rule)
+                                     self.backward_rule, streams)
             which = [] if idx is None else [t]
             delta = float(target_scores(target, logits[b:b + 1], which)[0] - target_scores(target, base_logits[b:b + 1], which)[0])
             total = float(ig.double().sum())

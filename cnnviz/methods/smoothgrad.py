@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -26,6 +26,7 @@ from ..hooks import model_state_kept
 from ..fastpath import forward_fn
 from ..maps import to_numpy
 from ..registry import get_method, register
+from ..streams import in_order, per_stream, stream_count
 from ..targets import class_indices
 from .base import GradientMethod, Method
 
@@ -64,6 +65,17 @@ class SmoothGrad(Method):
     def check(self, model):
         self.inner_method().check(model)
 
+    def noisy_copies(self, xb: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+        """``n_samples`` noisy copies of one image ``xb``, ``size`` at a time."""
+        # a generator per image: an image's result does not depend on the batch it came in
+        generator = torch.Generator().manual_seed(self.seed)
+        sigma = self.noise_level * float(xb.max() - xb.min())
+        for start in range(0, self.n_samples, size):
+            k = min(size, self.n_samples - start)
+            # one draw per sample: the noise of sample i does not depend on batch_size
+            noise = torch.cat([torch.randn((1, *xb.shape[1:]), generator=generator, dtype=xb.dtype) for _ in range(k)])
+            yield xb + sigma * noise.to(xb.device)
+
     def attribute(self, model, x, target, layer):
         if self.variant not in VARIANTS:
             raise unknown("variant", "method.smoothgrad.variant", self.variant, VARIANTS)
@@ -75,22 +87,22 @@ class SmoothGrad(Method):
         with model_state_kept(net), torch.no_grad():
             logits = forward(x)
         idx = class_indices(target, logits)
+        streams = stream_count(model, x) if isinstance(inner, GradientMethod) and inner.concurrent() else 1
+        size = per_stream(self.batch_size, streams)
         out = []
         for b in range(x.shape[0]):
-            # one stream per image: an image's result does not depend on the batch it came in
-            generator = torch.Generator().manual_seed(self.seed)
             xb = x[b:b + 1]
-            sigma = self.noise_level * float(xb.max() - xb.min())
+
+            def sums(noisy: torch.Tensor, b=b) -> tuple[torch.Tensor, torch.Tensor]:
+                t = target if idx is None else [int(idx[b])] * len(noisy)
+                g = torch.from_numpy(inner(model, noisy, t).values).double()
+                return g.sum(dim=0, keepdim=True), g.pow(2).sum(dim=0, keepdim=True)
+
             total = torch.zeros_like(xb, dtype=torch.float64)
             squares = torch.zeros_like(xb, dtype=torch.float64)
-            for start in range(0, self.n_samples, self.batch_size):
-                k = min(self.batch_size, self.n_samples - start)
-                # one draw per sample: the noise of sample i does not depend on batch_size
-                noise = torch.cat([torch.randn((1, *xb.shape[1:]), generator=generator, dtype=xb.dtype) for _ in range(k)]).to(xb.device)
-                t = target if idx is None else [int(idx[b])] * k
-                g = torch.from_numpy(inner(model, xb + sigma * noise, t).values).double()
-                total += g.sum(dim=0, keepdim=True)
-                squares += g.pow(2).sum(dim=0, keepdim=True)
+            for part, part_sq in in_order(sums, self.noisy_copies(xb, size), streams):
+                total += part
+                squares += part_sq
             mean, mean_sq = total / self.n_samples, squares / self.n_samples
             out.append({"mean": mean, "sq": mean_sq, "var": mean_sq - mean.pow(2)}[self.variant])
         return Attribution(
