@@ -5,8 +5,9 @@ points, noisy copies). PyTorch spreads each operation over its intra-op threads,
 spread badly: on this project's 2-core machine two threads make a VGG-19 forward + input gradient
 only 1.67x faster than one (the 3-channel first convolution 1.7x, the 14x14 layers 1.4x). Two
 threads with one intra-op thread each, every one running its own batch, keep both cores busy
-instead: integrated gradients (50 steps, 10 samples in flight) took 15.3-17.2 s against 19.0-21.8 s
-on VGG-19 and 1.53-1.78 s against 1.72-1.96 s on efficientnet_lite0, with the same numbers.
+instead. VGG-19, 50 steps or samples, 10 in flight, two runs each: integrated gradients 18.2 / 17.7 s
+against 22.1 / 20.2 s in one stream, SmoothGrad 16.9 / 19.0 s against 22.4 / 18.4 s. One intra-op
+thread rounds a little differently from two: the maps differ by up to 4e-6 of their maximum.
 
 The streams split the intra-op threads between them, and each batch holds half the technique's
 batch size, so as many samples are in flight as with one stream. Results come back in order, so
