@@ -238,6 +238,19 @@ def exact(fn):
     return run
 
 
+def one_thread(fn):
+    """``fn`` run with one intra-op thread: the arithmetic of each of cnnviz's two streams
+    (``cnnviz.streams``); oneDNN's convolutions round differently with one thread than with two."""
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
 def convolutions_alone(model: nn.Module, x: torch.Tensor, batch: int, batches: int):
     """Only the convolutions of ``batches`` forward + input-gradient passes at ``batch`` images, on the
     module cnnviz runs (the fast copy where it is used), with the inputs and output gradients recorded
@@ -541,6 +554,7 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
             net, fx = fastpath.fast_model(model, x)
             if net is not model:
                 b.outputs[(name, "ig_samenet_captum")] = [ig_captum(net, fx)()]
+                b.outputs[(name, "ig_samenet1_captum")] = [one_thread(ig_captum(net, fx))()]
             b.outputs[(name, "ig_cl_captum")] = [ig_captum(fresh(model).to(memory_format=torch.channels_last),
                                                            x.contiguous(memory_format=torch.channels_last))()]
 
@@ -561,6 +575,7 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
             net, fx = fastpath.fast_model(model, x)
             if net is not model:
                 b.outputs[(name, "sg_samenet_captum")] = [captum_noise_tunnel_given_draws(net, fx)()]
+                b.outputs[(name, "sg_samenet1_captum")] = [one_thread(captum_noise_tunnel_given_draws(net, fx))()]
 
     if generic and "occlusion" in items:
         b.measure(name, f"occlusion w{OCC_WINDOW} s{OCC_STRIDE} b0 ppe=16", "cnnviz", "occlusion",
@@ -661,6 +676,11 @@ def agreement(b: Bench) -> list[str]:
                 if "ig_samenet_captum" in o:
                     out.append(f"{model}:   cnnviz vs captum run on the same network (cnnviz's fast copy): "
                                "{} (max|diff| / max|captum| = {:.2e})".format(*close(ours, as_array(o["ig_samenet_captum"][-1]))))
+                    out.append(f"{model}:   the same, captum with one intra-op thread (as each cnnviz stream runs): "
+                               "{} (max|diff| / max|captum| = {:.2e})".format(*close(ours, as_array(o["ig_samenet1_captum"][-1]))))
+                    out.append(f"{model}:   captum with one intra-op thread vs two, on the fast copy: "
+                               "{} (max|diff| / max|captum| = {:.2e})".format(*close(as_array(o["ig_samenet1_captum"][-1]),
+                                                                                    as_array(o["ig_samenet_captum"][-1]))))
                 if "ig_cl_captum" in o:
                     out.append(f"{model}:   captum on a channels-last copy of the model vs captum on the model: "
                                "{} (max|diff| / max|captum| = {:.2e}): float32 IG moves this much with the memory layout "
@@ -682,6 +702,11 @@ def agreement(b: Bench) -> list[str]:
             if "sg_samenet_captum" in o:
                 out.append(f"{model}:   cnnviz vs captum run on the same network (cnnviz's fast copy): "
                            "{} (max|diff| / max|captum| = {:.2e})".format(*close(ours, as_array(o["sg_samenet_captum"][-1]))))
+                out.append(f"{model}:   the same, captum with one intra-op thread (as each cnnviz stream runs): "
+                           "{} (max|diff| / max|captum| = {:.2e})".format(*close(ours, as_array(o["sg_samenet1_captum"][-1]))))
+                out.append(f"{model}:   captum with one intra-op thread vs two, on the fast copy: "
+                           "{} (max|diff| / max|captum| = {:.2e})".format(*close(as_array(o["sg_samenet1_captum"][-1]),
+                                                                                as_array(o["sg_samenet_captum"][-1]))))
         if "sg" in o:
             ours = as_array(o["sg"][-1]).ravel()
             runs = [as_array(v).ravel() for k in o if k.startswith("sg_captum_") for v in o[k]]
@@ -724,6 +749,9 @@ def same_network_verdict(model: str, label: str, o: dict, key: str, ref: np.ndar
     across = "; across networks: fast copy vs captum on the model {} {:.1e}".format(*close(ours, ref))
     if f"{key}_cl_captum" in o:
         across += "; captum channels-last vs captum {} {:.1e}".format(*close(as_array(o[f"{key}_cl_captum"]), ref))
+    if f"{key}_samenet1_captum" in o:  # printed, not part of the verdict
+        across += "; fast copy vs captum on it at one intra-op thread {} {:.1e}".format(
+            *close(ours, as_array(o[f"{key}_samenet1_captum"])))
     return (f"{'MET   ' if ok else 'MISSED'} {model}: {label} equal to captum's (rtol {RTOL:g}, atol {ATOL_REL:g} x max) "
             "when both run the same network: " + ", ".join(f"{lbl} {c[0]} {c[1]:.1e}" for lbl, c in same) + across)
 
