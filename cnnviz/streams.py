@@ -6,8 +6,11 @@ spread badly: on this project's 2-core machine two threads make a VGG-19 forward
 only 1.67x faster than one (the 3-channel first convolution 1.7x, the 14x14 layers 1.4x). Two
 threads with one intra-op thread each, every one running its own batch, keep both cores busy
 instead. VGG-19, 50 steps or samples, 10 in flight, two runs each: integrated gradients 18.2 / 17.7 s
-against 22.1 / 20.2 s in one stream, SmoothGrad 16.9 / 19.0 s against 22.4 / 18.4 s. One intra-op
-thread rounds a little differently from two: the maps differ by up to 4e-6 of their maximum.
+against 22.1 / 20.2 s in one stream, SmoothGrad 16.9 / 19.0 s against 22.4 / 18.4 s. Not on every
+network: on efficientnet_lite0, three runs each, IG took 2.00 / 1.84 / 1.80 s against 2.14 / 1.85 /
+1.85 s, SmoothGrad 2.00 / 1.92 / 1.90 s against 1.75 / 1.82 / 1.66 s (slower). One intra-op thread
+also rounds differently from two: the maps move by up to 4e-6 of their maximum on VGG-19 and 3.9e-4
+on efficientnet_lite0 (captum itself moves as much from two threads to one).
 
 The streams split the intra-op threads between them, and each batch holds half the technique's
 batch size, so as many samples are in flight as with one stream. Results come back in order, so
