@@ -47,7 +47,7 @@ R = TypeVar("R")
 
 _local = threading.local()
 _lock = threading.Lock()
-_pools: dict[int, ThreadPoolExecutor] = {}
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def stream_count(model: nn.Module, x: torch.Tensor) -> int:
@@ -88,10 +88,9 @@ def in_order(fn: Callable[[T], R], items: Iterable[T], streams: int) -> Iterator
 
 def _pool(threads: int, streams: int) -> ThreadPoolExecutor:
     with _lock:
-        key = threads * 1000 + streams
-        if key not in _pools:
-            _pools[key] = _start(threads, streams)
-        return _pools[key]
+        if (threads, streams) not in _pools:
+            _pools[threads, streams] = _start(threads, streams)
+        return _pools[threads, streams]
 
 
 def _start(threads: int, streams: int) -> ThreadPoolExecutor:

@@ -673,14 +673,7 @@ def agreement(b: Bench) -> list[str]:
                     out.append(f"{model}:   cnnviz with fast_copy off (the model as given) vs captum: "
                                "{} (max|diff| / max|captum| = {:.2e}); the difference above is the fast copy's rounding "
                                "(channels-last convolutions, folded BatchNorm)".format(*close(as_array(o["ig_exact"][-1]), ref)))
-                if "ig_samenet_captum" in o:
-                    out.append(f"{model}:   cnnviz vs captum run on the same network (cnnviz's fast copy): "
-                               "{} (max|diff| / max|captum| = {:.2e})".format(*close(ours, as_array(o["ig_samenet_captum"][-1]))))
-                    out.append(f"{model}:   the same, captum with one intra-op thread (as each cnnviz stream runs): "
-                               "{} (max|diff| / max|captum| = {:.2e})".format(*close(ours, as_array(o["ig_samenet1_captum"][-1]))))
-                    out.append(f"{model}:   captum with one intra-op thread vs two, on the fast copy: "
-                               "{} (max|diff| / max|captum| = {:.2e})".format(*close(as_array(o["ig_samenet1_captum"][-1]),
-                                                                                    as_array(o["ig_samenet_captum"][-1]))))
+                out += same_network_lines(model, o, "ig", ours)
                 if "ig_cl_captum" in o:
                     out.append(f"{model}:   captum on a channels-last copy of the model vs captum on the model: "
                                "{} (max|diff| / max|captum| = {:.2e}): float32 IG moves this much with the memory layout "
@@ -699,14 +692,7 @@ def agreement(b: Bench) -> list[str]:
             if "sg_exact" in o:
                 out.append(f"{model}:   cnnviz with fast_copy off (the model as given) vs captum: "
                            "{} (max|diff| / max|captum| = {:.2e})".format(*close(as_array(o["sg_exact"][-1]), ref)))
-            if "sg_samenet_captum" in o:
-                out.append(f"{model}:   cnnviz vs captum run on the same network (cnnviz's fast copy): "
-                           "{} (max|diff| / max|captum| = {:.2e})".format(*close(ours, as_array(o["sg_samenet_captum"][-1]))))
-                out.append(f"{model}:   the same, captum with one intra-op thread (as each cnnviz stream runs): "
-                           "{} (max|diff| / max|captum| = {:.2e})".format(*close(ours, as_array(o["sg_samenet1_captum"][-1]))))
-                out.append(f"{model}:   captum with one intra-op thread vs two, on the fast copy: "
-                           "{} (max|diff| / max|captum| = {:.2e})".format(*close(as_array(o["sg_samenet1_captum"][-1]),
-                                                                                as_array(o["sg_samenet_captum"][-1]))))
+            out += same_network_lines(model, o, "sg", ours)
         if "sg" in o:
             ours = as_array(o["sg"][-1]).ravel()
             runs = [as_array(v).ravel() for k in o if k.startswith("sg_captum_") for v in o[k]]
@@ -734,6 +720,18 @@ def agreement(b: Bench) -> list[str]:
                 out.append(f"{model}: occlusion vs captum Occlusion ({key[11:]}), pixels [0,{n})^2: "
                            "{} (max|diff| / max|captum| = {:.2e})".format(*close(a, c)))
     return out
+
+
+def same_network_lines(model: str, o: dict, key: str, ours: np.ndarray) -> list[str]:
+    """cnnviz against captum run on cnnviz's fast copy, with two intra-op threads and with one (the
+    arithmetic of each cnnviz stream), and captum's own one-vs-two-thread difference."""
+    if f"{key}_samenet_captum" not in o:
+        return []
+    two, one = as_array(o[f"{key}_samenet_captum"][-1]), as_array(o[f"{key}_samenet1_captum"][-1])
+    return [f"{model}:   {label}: " + "{} (max|diff| / max|captum| = {:.2e})".format(*close(a, b)) for label, a, b in (
+        ("cnnviz vs captum run on the same network (cnnviz's fast copy)", ours, two),
+        ("the same, captum with one intra-op thread (as each cnnviz stream runs)", ours, one),
+        ("captum with one intra-op thread vs two, on the fast copy", one, two))]
 
 
 def same_network_verdict(model: str, label: str, o: dict, key: str, ref: np.ndarray) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 
 from cnnviz import Attribution, ConfigError, get_method, list_methods
 from cnnviz.maps import fuse_layer_maps
-from conftest import hook_count, run_cli
+from conftest import hook_count, run_cli, torch_threads
 
 CAM_METHODS = [n for n in list_methods() if get_method(n).kind == "cam"]
 GRADIENT_CAMS = [n for n in CAM_METHODS if get_method(n).uses_gradients]
@@ -35,12 +35,8 @@ TARGET = [1, 3]
 def _one_thread():
     """The tensors here are tiny: one intra-op thread avoids OpenMP spin-waiting against other
     processes on a busy 2-core machine (measured: 2 s instead of 28 s). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def cam(name: str, model: nn.Module, x: torch.Tensor, target=TARGET, layer: str = "act2", **params) -> Attribution:

@@ -14,17 +14,13 @@ from cnnviz.methods import integrated_gradients as ig_module
 from cnnviz.methods.base import GradientMethod
 from cnnviz.registry import get_method
 
-from conftest import TinyCNN
+from conftest import TinyCNN, torch_threads
 
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_results_come_back_in_order_and_items_are_read_at_most_streams_ahead():
@@ -71,9 +67,8 @@ def test_an_error_is_raised_in_the_caller_after_every_started_batch_has_finished
 
 
 def test_streams_split_the_threads_and_leave_the_callers_count_alone():
-    before = torch.get_num_threads()
-    torch.set_num_threads(6)  # a count no other test starts streams with: this one starts their threads
-    try:
+    # a count no other test starts streams with: this test starts their threads
+    with torch_threads(6):
         inside = list(streams.in_order(lambda _: (threading.current_thread().name, torch.get_num_threads()), range(4), 2))
         assert {name.startswith("cnnviz-stream") for name, _ in inside} == {True}
         assert {n for _, n in inside} == {3}
@@ -83,8 +78,6 @@ def test_streams_split_the_threads_and_leave_the_callers_count_alone():
         t.start()
         t.join()
         assert later == [6]  # a thread started afterwards begins with the caller's count, not the streams'
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_stream_count_needs_cpu_threads_and_the_fast_copy(two_threads):
