@@ -32,6 +32,8 @@ class ModelConfig:
     name: Optional[str] = None
     default_layer: Optional[str] = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    #: parallel streams for integrated gradients / SmoothGrad on CPU (cnnviz.streams); 1 = none
+    streams: int = 1
 
 
 @dataclass

@@ -24,6 +24,7 @@ from .metrics import Metric, get_metric
 from .models import LoadedModel
 from .registry import get_method
 from .segmentation_models import apply_region, split_region_target
+from .streams import set_streams
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ _MODELS: dict[str, LoadedModel] = {}
 def load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
     """The model a config names; cached in-process, so the jobs of a basic-launcher multirun and
     the items of a job load it once."""
-    key = json.dumps([OmegaConf.to_container(cfg_model, resolve=True), seed], sort_keys=True, default=str)
+    loading = {k: v for k, v in OmegaConf.to_container(cfg_model, resolve=True).items() if k != "streams"}
+    key = json.dumps([loading, seed], sort_keys=True, default=str)
     if key in _MODELS:
         log.info("reusing the cached model %s (%s)", cfg_model.arch, cfg_model.weights)
         return _MODELS[key]
@@ -239,6 +241,13 @@ def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], expanded
     return int(logits.shape[1])
 
 
+def check_streams(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"model.streams must be a positive integer, got {value!r}: 1 runs integrated gradients' and "
+                          "SmoothGrad's batches one after another, 2 in two parallel streams on CPU (model.streams=2)")
+    return value
+
+
 def build_plan(cfg: DictConfig) -> Plan:
     check_keys(cfg.model, ModelConfig, "model")
     for key, image_cfg in (cfg.image or {}).items():
@@ -246,6 +255,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     check_preprocess(cfg.model.preprocess)
     device = resolve_device(cfg.device)
     fastpath.set_enabled(bool(cfg.get("fast_copy", True)))
+    set_streams(check_streams(cfg.model.get("streams", 1)))
     methods, method_layers = build_methods(cfg.method)
     metrics = build_metrics(cfg.get("metrics"), cfg.model.preprocess.mean, cfg.model.preprocess.std)
     for m in methods.values():  # techniques that work in pixel space learn the model's normalisation

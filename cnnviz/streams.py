@@ -1,4 +1,4 @@
-"""Independent batches of one technique, run as two parallel streams on CPU.
+"""Independent batches of one technique, run as parallel streams on CPU where the model's preset asks.
 
 Integrated gradients and SmoothGrad evaluate many batches that do not depend on each other (path
 points, noisy copies). PyTorch spreads each operation over its intra-op threads, and some layers
@@ -10,11 +10,12 @@ against 22.1 / 20.2 s in one stream, SmoothGrad 16.9 / 19.0 s against 22.4 / 18.
 network: on efficientnet_lite0, three runs each, IG took 2.00 / 1.84 / 1.80 s against 2.14 / 1.85 /
 1.85 s, SmoothGrad 2.00 / 1.92 / 1.90 s against 1.75 / 1.82 / 1.66 s (slower). One intra-op thread
 also rounds differently from two: the maps move by up to 4e-6 of their maximum on VGG-19 and 3.9e-4
-on efficientnet_lite0 (captum itself moves as much from two threads to one).
+on efficientnet_lite0 (captum itself moves as much from two threads to one). Hence a per-network
+setting, ``model.streams`` (``set_streams``): 1 unless measured to pay, 2 in ``conf/model/vgg19.yaml``.
 
 The streams split the intra-op threads between them, and each batch holds half the technique's
 batch size, so as many samples are in flight as with one stream. Results come back in order, so
-sums over batches add up in the same order whatever the streams did. Used only where that is safe:
+sums over batches add up in the same order whatever the streams did. Used only where asked and safe:
 on CPU, on the fast copy (``cnnviz.fastpath``; with ``fast_copy=false`` the model as given may carry
 state a second thread would see), for techniques whose passes touch no hook and no module state
 (``GradientMethod.concurrent``), and never from inside a stream. Anything else runs in the calling
@@ -30,6 +31,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import torch
@@ -37,8 +39,6 @@ from torch import nn
 
 from . import memory
 from .fastpath import fast_model
-
-STREAMS = 2
 
 memory.one_arena()  # before PyTorch's threads and ours start: see memory.one_arena
 
@@ -48,14 +48,36 @@ R = TypeVar("R")
 _local = threading.local()
 _lock = threading.Lock()
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_wanted = 1  # the run's model.streams
+
+
+def set_streams(n: int) -> None:
+    """Streams asked for from now on (``model.streams``); 1 runs every batch in the calling thread."""
+    global _wanted
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"streams must be a positive integer, got {n!r}")
+    _wanted = n
+
+
+@contextmanager
+def using(n: int) -> Iterator[None]:
+    """``set_streams(n)`` inside the block, the previous setting after it."""
+    previous = _wanted
+    set_streams(n)
+    try:
+        yield
+    finally:
+        set_streams(previous)
 
 
 def stream_count(model: nn.Module, x: torch.Tensor) -> int:
-    """How many streams the batches of ``model`` on ``x`` may run in: ``STREAMS`` or 1."""
-    if x.device.type != "cpu" or getattr(_local, "worker", False) or torch.get_num_threads() < STREAMS:
+    """How many streams the batches of ``model`` on ``x`` run in: the setting, at most one per
+    intra-op thread, and 1 wherever streams would not be safe."""
+    n = min(_wanted, torch.get_num_threads())
+    if n < 2 or x.device.type != "cpu" or getattr(_local, "worker", False):
         return 1
     net, _ = fast_model(model, x)  # also builds the copy here, before two threads could both build it
-    return 1 if net is model else STREAMS
+    return 1 if net is model else n
 
 
 def per_stream(batch_size: int, streams: int) -> int:

@@ -51,7 +51,7 @@ from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cnnviz import fastpath, get_method, memory  # noqa: E402
+from cnnviz import fastpath, get_method, memory, streams  # noqa: E402
 from cnnviz.explain import compute, compute_group  # noqa: E402
 from cnnviz.models import efficientnet_lite0, torchvision_model  # noqa: E402
 
@@ -238,9 +238,23 @@ def exact(fn):
     return run
 
 
+def preset_streams(model: str) -> int:
+    """``model.streams`` of the model's preset (conf/model/<name>.yaml): what ``python run.py`` runs with."""
+    from omegaconf import OmegaConf
+
+    from cnnviz.config import ModelConfig
+
+    return int(OmegaConf.load(ROOT / "conf" / "model" / f"{model}.yaml").get("streams", ModelConfig.streams))
+
+
+def in_streams(model: str) -> str:
+    n = preset_streams(model)
+    return f", {n} streams" if n > 1 else ""
+
+
 def one_thread(fn):
-    """``fn`` run with one intra-op thread: the arithmetic of each of cnnviz's two streams
-    (``cnnviz.streams``); oneDNN's convolutions round differently with one thread than with two."""
+    """``fn`` run with one intra-op thread: the arithmetic of each cnnviz stream where the preset asks for
+    two (``cnnviz.streams``); oneDNN's convolutions round differently with one thread than with two."""
     def run():
         before = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -255,7 +269,7 @@ def convolutions_alone(model: nn.Module, x: torch.Tensor, batch: int, batches: i
     """Only the convolutions of ``batches`` forward + input-gradient passes at ``batch`` images, on the
     module cnnviz runs (the fast copy where it is used), with the inputs and output gradients recorded
     once, in one stream (all intra-op threads on each convolution): a lower bound on any one-stream
-    implementation of 50-point IG / SmoothGrad built on these kernels; cnnviz runs two (``cnnviz.streams``)."""
+    implementation of 50-point IG / SmoothGrad built on these kernels (cnnviz runs ``model.streams``)."""
     def make():
         net, fx = fastpath.fast_model(model, x)
         fmt = torch.channels_last if net is not model else torch.contiguous_format
@@ -437,7 +451,8 @@ def run_model(b: Bench, name: str, generic: bool, specific: bool) -> None:
     b.measure(name, "floor (fwd+bwd to input)", "torch", "floor", floor_fn)
     b.floors[name] = floor_fn
     try:
-        run_items(b, name, model, x, generic, specific)
+        with streams.using(preset_streams(name)):  # as run.py would with model=<name>
+            run_items(b, name, model, x, generic, specific)
     finally:
         del b.floors[name]
     # again at the end: the machine's speed drifts (other processes), the ratios use both
@@ -534,7 +549,8 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
             return captum_attr("IntegratedGradients", net, xin, n_steps=IG_STEPS, method="gausslegendre",
                                internal_batch_size=ibs)
 
-        b.measure(name, f"integrated_gradients {IG_STEPS} GL zero ibs=10", "cnnviz", "ig", ig_ours, slow=True, keep="ig")
+        b.measure(name, f"integrated_gradients {IG_STEPS} GL zero ibs=10{in_streams(name)}", "cnnviz", "ig", ig_ours,
+                  slow=True, keep="ig")
         if not args.quick:  # the model as given: the arithmetic captum does (the fast copy rounds differently)
             b.measure(name, f"integrated_gradients {IG_STEPS} GL zero ibs=10, fast_copy off", "cnnviz", "ig",
                       lambda: exact(ig_ours()), slow=True, note="reference", keep="ig_exact")
@@ -554,7 +570,8 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
             net, fx = fastpath.fast_model(model, x)
             if net is not model:
                 b.outputs[(name, "ig_samenet_captum")] = [ig_captum(net, fx)()]
-                b.outputs[(name, "ig_samenet1_captum")] = [one_thread(ig_captum(net, fx))()]
+                if preset_streams(name) > 1:
+                    b.outputs[(name, "ig_samenet1_captum")] = [one_thread(ig_captum(net, fx))()]
             b.outputs[(name, "ig_cl_captum")] = [ig_captum(fresh(model).to(memory_format=torch.channels_last),
                                                            x.contiguous(memory_format=torch.channels_last))()]
 
@@ -563,7 +580,7 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
             return cnnviz_call(cnnviz_method("smoothgrad", mean, std, n_samples=SG_SAMPLES, noise_level=SG_NOISE,
                                              batch_size=10), model, x, [])
 
-        b.measure(name, f"smoothgrad {SG_SAMPLES}x{SG_NOISE} batch 10", "cnnviz", "smoothgrad", sg_ours,
+        b.measure(name, f"smoothgrad {SG_SAMPLES}x{SG_NOISE} batch 10{in_streams(name)}", "cnnviz", "smoothgrad", sg_ours,
                   slow=True, keep="sg")
         for bs in args.sg_batches:
             b.measure(name, f"NoiseTunnel(Saliency) {SG_SAMPLES}x{SG_NOISE} batch={bs}", "captum", "smoothgrad",
@@ -575,7 +592,8 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
             net, fx = fastpath.fast_model(model, x)
             if net is not model:
                 b.outputs[(name, "sg_samenet_captum")] = [captum_noise_tunnel_given_draws(net, fx)()]
-                b.outputs[(name, "sg_samenet1_captum")] = [one_thread(captum_noise_tunnel_given_draws(net, fx))()]
+                if preset_streams(name) > 1:
+                    b.outputs[(name, "sg_samenet1_captum")] = [one_thread(captum_noise_tunnel_given_draws(net, fx))()]
 
     if generic and "occlusion" in items:
         b.measure(name, f"occlusion w{OCC_WINDOW} s{OCC_STRIDE} b0 ppe=16", "cnnviz", "occlusion",
@@ -723,15 +741,17 @@ def agreement(b: Bench) -> list[str]:
 
 
 def same_network_lines(model: str, o: dict, key: str, ours: np.ndarray) -> list[str]:
-    """cnnviz against captum run on cnnviz's fast copy, with two intra-op threads and with one (the
-    arithmetic of each cnnviz stream), and captum's own one-vs-two-thread difference."""
+    """cnnviz against captum run on cnnviz's fast copy; where cnnviz ran streams, also against captum with
+    one intra-op thread (the arithmetic of each stream), and captum's own one-vs-two-thread difference."""
     if f"{key}_samenet_captum" not in o:
         return []
-    two, one = as_array(o[f"{key}_samenet_captum"][-1]), as_array(o[f"{key}_samenet1_captum"][-1])
-    return [f"{model}:   {label}: " + "{} (max|diff| / max|captum| = {:.2e})".format(*close(a, b)) for label, a, b in (
-        ("cnnviz vs captum run on the same network (cnnviz's fast copy)", ours, two),
-        ("the same, captum with one intra-op thread (as each cnnviz stream runs)", ours, one),
-        ("captum with one intra-op thread vs two, on the fast copy", one, two))]
+    two = as_array(o[f"{key}_samenet_captum"][-1])
+    pairs = [("cnnviz vs captum run on the same network (cnnviz's fast copy)", ours, two)]
+    if f"{key}_samenet1_captum" in o:
+        one = as_array(o[f"{key}_samenet1_captum"][-1])
+        pairs += [("the same, captum with one intra-op thread (as each cnnviz stream runs)", ours, one),
+                  ("captum with one intra-op thread vs two, on the fast copy", one, two)]
+    return [f"{model}:   {label}: " + "{} (max|diff| / max|captum| = {:.2e})".format(*close(a, b)) for label, a, b in pairs]
 
 
 def same_network_verdict(model: str, label: str, o: dict, key: str, ref: np.ndarray) -> str:
@@ -816,7 +836,8 @@ def targets(b: Bench) -> list[str]:
                               and r.ms is not None), None) if group != "occlusion" else None
                 if bound:
                     out.append(f"     {model}: the convolutions alone of its {IG_STEPS} passes, in one stream, take "
-                               f"{bound.ms / peer.ms:.3f} x captum's best, cnnviz (two streams) {ours.ms / bound.ms:.3f} x them")
+                               f"{bound.ms / peer.ms:.3f} x captum's best, cnnviz ({streams_used(model)}) "
+                               f"{ours.ms / bound.ms:.3f} x them")
         o = {k: v[-1] for (m, k), v in b.outputs.items() if m == model}
         ig_ref = next((v for k, v in o.items() if k.startswith("ig_captum_")), None)
         for key, label, ref in (("ig", "integrated_gradients", ig_ref), ("sg", "smoothgrad (the same noise draws)",
@@ -824,6 +845,11 @@ def targets(b: Bench) -> list[str]:
             if ref is not None and key in o and f"{key}_exact" in o:
                 out.append(same_network_verdict(model, label, o, key, as_array(ref)))
     return out
+
+
+def streams_used(model: str) -> str:
+    n = preset_streams(model)
+    return f"{n} streams" if n > 1 else "one stream"
 
 
 def classic_gallery(b: Bench, repeats: int) -> list[dict]:
@@ -931,6 +957,8 @@ def main() -> None:
     print(f"1x3x224x224 input (seeded randn), target {TARGET}, {torch.get_num_threads()} threads, "
           f"{'--quick, ' if args.quick else ''}{'--exact (no fast copy), ' if args.exact else 'fast copy on, '}median of {args.repeats} after 1 warm-up (slow items: 1 timed run; "
           f"IG / SmoothGrad / occlusion: then {args.slow_repeats} side-by-side pairs of cnnviz and captum's fastest setting)")
+    print("IG / SmoothGrad streams (model.streams of conf/model/<name>.yaml, as run.py uses them): "
+          + ", ".join(f"{m} {streams_used(m)}" for m in dict.fromkeys(r.model for r in b.rows)))
     print(f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, at end {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; "
           f"{os.cpu_count()} CPUs")
     print()

@@ -33,6 +33,16 @@ def _isolated_cache(image_cache, monkeypatch):
     monkeypatch.setenv("CNNVIZ_CACHE", str(image_cache))
 
 
+@pytest.fixture(autouse=True)
+def _one_stream():
+    """Each test starts with the library's default of one stream: a plan built for vgg19 asks for
+    two (model.streams), and that setting would otherwise outlive its test."""
+    from cnnviz import streams
+
+    with streams.using(1):
+        yield
+
+
 needs_shared_images = pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="../shared/images is not present")
 
 

@@ -19,7 +19,8 @@ from conftest import TinyCNN, torch_threads
 
 @pytest.fixture
 def two_threads():
-    with torch_threads(2):
+    """Two intra-op threads, and two streams asked for (as conf/model/vgg19.yaml does)."""
+    with torch_threads(2), streams.using(2):
         yield
 
 
@@ -90,6 +91,46 @@ def test_stream_count_needs_cpu_threads_and_the_fast_copy(two_threads):
     torch.set_num_threads(2)
     # never from inside a stream: the pool's threads would wait on themselves
     assert list(streams.in_order(lambda _: streams.stream_count(model, x), range(2), 2)) == [1, 1]
+
+
+def test_streams_run_only_where_asked_and_at_most_one_per_thread():
+    model, x = TinyCNN().eval(), torch.rand(1, 3, 8, 8)
+    with torch_threads(2):
+        assert streams.stream_count(model, x) == 1  # the library's default: as PyTorch runs it
+        with streams.using(3):
+            assert streams.stream_count(model, x) == 2
+        with streams.using(2):
+            assert streams.stream_count(model, x) == 2
+        assert streams.stream_count(model, x) == 1  # the block restored the setting
+    for bad in (0, -1, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="positive integer"):
+            streams.set_streams(bad)
+
+
+@pytest.mark.parametrize("overrides, wanted", [
+    ([], 1),
+    (["model=vgg19", "model.weights=null"], 2),
+    (["model.streams=2"], 2),
+])
+def test_model_streams_config_key_sets_the_streams(overrides, wanted):
+    from test_config import compose_cfg
+
+    from cnnviz.plan import build_plan
+
+    model, x = TinyCNN().eval(), torch.rand(1, 3, 8, 8)
+    with torch_threads(2), streams.using(1):
+        build_plan(compose_cfg([*overrides, "method=integrated_gradients"]))
+        assert streams.stream_count(model, x) == wanted
+
+
+def test_a_bad_model_streams_value_is_a_config_error_naming_the_key():
+    from test_config import compose_cfg
+
+    from cnnviz.errors import ConfigError
+    from cnnviz.plan import build_plan
+
+    with streams.using(1), pytest.raises(ConfigError, match=r"model\.streams must be a positive integer, got 0"):
+        build_plan(compose_cfg(["model.streams=0", "method=integrated_gradients"]))
 
 
 @pytest.mark.parametrize("name, params, concurrent", [
