@@ -241,13 +241,6 @@ def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], expanded
     return int(logits.shape[1])
 
 
-def check_streams(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"model.streams must be a positive integer, got {value!r}: 1 runs integrated gradients' and "
-                          "SmoothGrad's batches one after another, 2 in two parallel streams on CPU (model.streams=2)")
-    return value
-
-
 def build_plan(cfg: DictConfig) -> Plan:
     check_keys(cfg.model, ModelConfig, "model")
     for key, image_cfg in (cfg.image or {}).items():
@@ -255,7 +248,11 @@ def build_plan(cfg: DictConfig) -> Plan:
     check_preprocess(cfg.model.preprocess)
     device = resolve_device(cfg.device)
     fastpath.set_enabled(bool(cfg.get("fast_copy", True)))
-    set_streams(check_streams(cfg.model.get("streams", 1)))
+    try:
+        set_streams(cfg.model.get("streams", 1))
+    except ValueError as e:
+        raise ConfigError(f"model.{e}: 1 runs integrated gradients' and SmoothGrad's batches one after another, "
+                          "2 in two parallel streams on CPU (model.streams=2)") from None
     methods, method_layers = build_methods(cfg.method)
     metrics = build_metrics(cfg.get("metrics"), cfg.model.preprocess.mean, cfg.model.preprocess.std)
     for m in methods.values():  # techniques that work in pixel space learn the model's normalisation

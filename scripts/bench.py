@@ -248,8 +248,8 @@ def preset_streams(model: str) -> int:
 
 
 def in_streams(model: str) -> str:
-    n = preset_streams(model)
-    return f", {n} streams" if n > 1 else ""
+    """What a row label adds where the model runs streams."""
+    return f", {streams_used(model)}" if preset_streams(model) > 1 else ""
 
 
 def one_thread(fn):

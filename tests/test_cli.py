@@ -200,7 +200,7 @@ def test_errors_and_reruns_never_lose_earlier_results(tmp_path, image_cache):
     ok(run_cli(["image=rocket"], tmp_path, image_cache))
     before = snapshot(tmp_path)
     for bad in (["layer=nope"], ["method=gradcm"], ["target=5000"], ["image=file", f"image.file.path={tmp_path}/x.png"],
-                ["method.gradcam.relu=maybe"]):
+                ["method.gradcam.relu=maybe"], ["model.streams=0"], ["model.streams=abc"]):
         assert run_cli(["image=rocket", *bad], tmp_path, image_cache).returncode != 0
         assert snapshot(tmp_path) == before
     ok(run_cli(["image=rocket", "method=vanilla_backprop"], tmp_path, image_cache))
