@@ -19,10 +19,11 @@ fastest setting ``--slow-repeats`` more times as back-to-back pairs (order swapp
 ratio to captum is the median of the pairs' ratios, so the machine's drift between rows (15-40 % on
 this shared 2-vCPU machine) cancels within each pair. Peers get a fresh ``copy.deepcopy`` of the model each (made
 outside the timed region) and their hooks are always released. ``--quick``: 2 repeats, generic rows
-on efficientnet_lite0 only, plus the vgg19-only rows (16-layer Grad-CAM, Ablation-CAM), captum at
-cnnviz's batch only (IG internal_batch_size 10, NoiseTunnel 10, Occlusion perturbations_per_eval 16;
-the full run tries None/10/25, None/10/25 and 1/16/64) and no torchcam ScoreCAM; about 4.5 minutes
-on 2 cores, half of it pytorch-grad-cam's AblationCAM on vgg19 (512 channels x a full vgg19 forward).
+on efficientnet_lite0 only, plus the vgg19-only rows (16-layer Grad-CAM, cnnviz's Ablation-CAM), captum
+at cnnviz's batch only (IG internal_batch_size 10, NoiseTunnel 10, Occlusion perturbations_per_eval 16;
+the full run tries None/10/25, None/10/25 and 1/16/64), no torchcam ScoreCAM and no pytorch-grad-cam
+AblationCAM (512 channels x a full vgg19 forward: 2.4 of the 5 minutes a quick run took with it); about
+2.5 minutes on 2 cores.
 The full run takes about 45 minutes on 2 cores (vgg19 occlusion: 729-784 vgg19 forwards per
 library and batch setting).
 """
@@ -526,8 +527,9 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
     if specific and name == "vgg19" and "ablation" in items:
         b.measure(name, f"ablationcam @{layer}", "cnnviz", "ablationcam",
                   lambda: cnnviz_call(cnnviz_method("ablationcam", mean, std), model, x, L), slow=True)
-        b.measure(name, f"AblationCAM @{layer} (batch 32)", "pytorch-grad-cam", "ablationcam",
-                  lambda: gradcam_lib("AblationCAM", model, L, x), slow=True)
+        if not args.quick:  # about 2.5 minutes, half of a quick run's budget
+            b.measure(name, f"AblationCAM @{layer} (batch 32)", "pytorch-grad-cam", "ablationcam",
+                      lambda: gradcam_lib("AblationCAM", model, L, x), slow=True)
 
     if specific and name == "efficientnet_lite0" and "scorecam" in items:
         sl = args.scorecam_layer or layer
@@ -909,7 +911,8 @@ def versions() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 repeats, generic rows on efficientnet_lite0 only, "
-                    "vgg19-only rows kept, smaller captum batch grids (about 4-5 min on 2 cores)")
+                    "vgg19-only rows kept but pytorch-grad-cam's AblationCAM, smaller captum batch grids, no torchcam "
+                    "ScoreCAM (about 2.5 min on 2 cores)")
     ap.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None,
                     help="models for the generic rows (default: both; --quick: efficientnet_lite0). Model-specific rows "
                          "(scorecam on efficientnet_lite0; 16-layer Grad-CAM and ablationcam on vgg19) run when their "
@@ -989,8 +992,11 @@ def main() -> None:
     print("malloc: cnnviz's batched techniques (IG, SmoothGrad, occlusion, Score-CAM, Ablation-CAM) keep freed memory")
     print("  in malloc's heap between their batches (cnnviz/memory.py); outside those calls every row, peers included,")
     print("  runs with glibc's thresholds fixed at their dynamic maxima (mmap > 32 MB, trim > 64 MB), set at start.")
-    if args.quick and not args.scorecam_layer:
-        print("--quick: torchcam ScoreCAM is skipped (about one minute); it runs in the full benchmark.")
+    if args.quick:
+        skipped = ["pytorch-grad-cam AblationCAM (about 2.5 minutes; so no ablationcam target line)"]
+        if not args.scorecam_layer:
+            skipped.insert(0, "torchcam ScoreCAM (about one minute)")
+        print(f"--quick: {' and '.join(skipped)} skipped; the full benchmark runs them.")
     print()
     print(f"agreement (np.allclose, rtol={RTOL:g}, atol={ATOL_REL:g} x max|captum|, elementwise). SmoothGrad is compared")
     print("  elementwise with captum's NoiseTunnel fed cnnviz's noise draws (torch.normal replaced for that call); the")
