@@ -1,11 +1,8 @@
 """cnnviz entry point: ``python run.py method=gradcam image=spider`` (see README)."""
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from cnnviz.choices import check_choices
-from cnnviz.cli import CONF_DIR, task
+from cnnviz.cli import entry, task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -14,5 +11,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_choices(sys.argv[1:], CONF_DIR)
-    main()
+    entry(main)

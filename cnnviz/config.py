@@ -5,8 +5,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from .constraints import param
+
+#: OmegaConf's marker of a mandatory value (``omegaconf.MISSING``), spelled out so that the schemas
+#: (and ``RenderConfig``'s checks, which the library uses) import without Hydra
+MISSING = "???"
 
 
 @dataclass
@@ -50,10 +53,20 @@ class ImageConfig:
     box: Optional[List[float]] = None
 
 
+def colormap_names() -> list[str]:
+    """matplotlib's colormap names (``jet``, ``viridis``, ``viridis_r`` ...), imported only when a
+    ``render.colormap`` other than the default is checked."""
+    from matplotlib import colormaps
+
+    return sorted(colormaps)
+
+
 @dataclass
 class RenderConfig:
-    colormap: str = "jet"
-    alpha: float = 0.4
+    #: a matplotlib colormap name, for the CAM heatmaps and overlays
+    colormap: str = param("jet", choices=colormap_names, kind="colormap")
+    #: opacity of the heatmap over the image: 0 shows only the image, 1 only the heatmap
+    alpha: float = param(0.4, min=0, max=1)
 
 
 @dataclass
@@ -70,6 +83,8 @@ class Config:
     seed: int = 0
     #: skip the items whose rows and files are already complete in the run folder
     resume: bool = False
+    #: exit status 0 even when items failed (their rows say why); false: 3
+    allow_failures: bool = False
     #: run the techniques on a BatchNorm-folded channels-last copy of the model (cnnviz.fastpath)
     fast_copy: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -92,4 +107,6 @@ def check_keys(node, schema: type, where: str) -> None:
 
 
 def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="config_schema", node=Config)

@@ -42,8 +42,17 @@ from .targets import Target
 
 @dataclass(frozen=True)
 class RenderOptions:
+    """How maps are drawn; checked as the runner's ``render`` config is (a matplotlib colormap name,
+    an opacity in [0, 1])."""
+
     colormap: str = "jet"
     alpha: float = 0.4
+
+    def __post_init__(self):
+        from .config import RenderConfig
+        from .constraints import check_values
+
+        check_values(RenderConfig, {"colormap": self.colormap, "alpha": self.alpha}, "render")
 
 
 @dataclass(frozen=True)
@@ -247,8 +256,9 @@ def _as_input(image: ImageLike, pre) -> tuple[torch.Tensor, np.ndarray, str, Opt
         pixels = (x[:1].detach().cpu().float() * std + mean).clamp(0, 1)
         return x, (pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), "tensor", None
     if isinstance(image, Image.Image):
-        x, picture = preprocess(to_rgb(image), pre)
-        return x, picture, "image", image.size
+        rgb = to_rgb(image)  # upright: an EXIF orientation of 5-8 swaps width and height
+        x, picture = preprocess(rgb, pre)
+        return x, picture, "image", rgb.size
     img, _ = read_image(image, "image")
     x, picture = preprocess(img, pre)
     return x, picture, safe_name(Path(image).stem), img.size

@@ -4,8 +4,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
 import struct
-import tempfile
 import threading
 import zlib
 from collections import OrderedDict
@@ -25,7 +25,10 @@ def atomic_write(path: str | os.PathLike, data: bytes, durable: bool = False) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # not mkstemp, whose files are 0600: with mode 0666 the process's umask gives the file the same
+    # permissions as every other file the user creates (0644 under the usual umask)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -64,7 +64,7 @@ def grid(frame: pd.DataFrame) -> Grid:
     """Images, column keys (method, layer, target request, job) and ``{(image, key): row dict}``."""
     rows = frame.to_dict("records")
     for row in rows:
-        for col in ("layer", "target_request", "job"):
+        for col in ("image", "method", "layer", "target_request", "job"):  # a job that never started has no image or method
             v = row.get(col)
             row[col] = v if isinstance(v, str) else ("" if v is None or pd.isna(v) else str(v))
     images = list(dict.fromkeys(r["image"] for r in rows))

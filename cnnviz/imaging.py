@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 import urllib.request
@@ -12,9 +13,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from .errors import ConfigError, unknown
+
+log = logging.getLogger("cnnviz")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -36,12 +39,58 @@ def sha256_bytes(data: bytes) -> str:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB from any Pillow mode: transparency is composited on white, 16/32-bit integer images are
-    scaled from the 16-bit range and float images min-max scaled to 8 bit."""
+#: EXIF orientations (tag 274) that need the pixels turned or flipped; 1 is upright, anything else is
+#: not a valid value and is left alone
+_TURNED = range(2, 9)
+
+
+def to_rgb(img: Image.Image, key: str = "image", name: str = "the image") -> Image.Image:
+    """Upright RGB from any Pillow mode, the one path every image takes into a model input.
+
+    The EXIF orientation (JPEG, TIFF, WebP, PNG) is applied first, as a viewer does: a phone stores a
+    portrait photo sideways with a tag saying so. Transparency is composited on white, 16/32-bit
+    integer images are scaled from the 16-bit range and float images min-max scaled to 8 bit; a float
+    image holding NaN or Inf is refused (``ConfigError`` naming ``key`` and ``name``), since scaling
+    would turn it into an arbitrary picture. Of a multi-frame image (animated GIF/PNG/WebP, multi-page
+    TIFF) the current frame is used, and a note saying so is logged and kept in the result's
+    ``info["cnnviz_warnings"]`` (a list of strings) for the manifest.
+    """
+    note = _frames_note(img, name)
+    if _orientation(img) in _TURNED:
+        img = ImageOps.exif_transpose(img)
+    rgb = _to_rgb(img, key, name)
+    if note:
+        log.warning("%s", note)
+        rgb.info["cnnviz_warnings"] = [*rgb.info.get("cnnviz_warnings", ()), note]
+    return rgb
+
+
+def _orientation(img: Image.Image) -> object:
+    # Pillow reads a damaged EXIF block as far as it can (with its own warning) rather than raising
+    return img.getexif().get(0x0112, 1)
+
+
+def _frames_note(img: Image.Image, name: str) -> Optional[str]:
+    frames = getattr(img, "n_frames", 1)
+    # an MPO (a phone's or stereo camera's JPEG) holds the photo first and previews, depth maps or the
+    # other eye after it: the first frame is the picture, nothing to report
+    if not isinstance(frames, int) or frames <= 1 or img.format == "MPO":
+        return None
+    current = img.tell()
+    which = "the first" if current == 0 else f"frame {current + 1}"
+    return f"{name} has {frames} frames (animated or multi-page); only {which} is used"
+
+
+def _to_rgb(img: Image.Image, key: str, name: str) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
         if img.mode == "F":
+            bad = int(np.count_nonzero(~np.isfinite(a)))
+            if bad:
+                raise ConfigError(
+                    f"{key}: {name} contains NaN/Inf values ({bad} of {a.size} pixels); a float image must "
+                    f"be finite to be scaled to 8 bit: replace them (e.g. numpy.nan_to_num) or use another file"
+                )
             lo, hi = float(a.min()), float(a.max())
             a = (a - lo) / (hi - lo or 1.0) * 255.0
         else:  # Pillow opens 16-bit files as I;16 or I: the range is 0..65535 whatever the content
@@ -66,14 +115,17 @@ def _cached(key: tuple, read: Callable[[], tuple[Image.Image, str]]) -> tuple[Im
             _READ_CACHE.pop(next(iter(_READ_CACHE)))
         _READ_CACHE[key] = read()
     img, sha = _READ_CACHE[key]
-    return img.copy(), sha
+    out = img.copy()
+    if "cnnviz_warnings" in out.info:  # Image.copy copies info shallowly: a caller's append must not reach the cache
+        out.info["cnnviz_warnings"] = list(out.info["cnnviz_warnings"])
+    return out, sha
 
 
 def read_image(path: str | os.PathLike, key: str = "image") -> tuple[Image.Image, str]:
     """Open, fully decode and convert an image file; returns the RGB image and the file's sha256."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"{key}: image file '{path}' does not exist")
+        raise ConfigError(_not_a_file(key, path))
     stat = path.stat()
     return _cached((str(path.resolve()), stat.st_mtime_ns, stat.st_size), lambda: _decode(path, key))
 
@@ -89,7 +141,9 @@ def _decode(path: Path, key: str) -> tuple[Image.Image, str]:
             if limit and img.width * img.height > limit:
                 raise Image.DecompressionBombError(f"{img.width}x{img.height} = {img.width * img.height} pixels")
             img.load()
-            rgb = to_rgb(img)
+            rgb = to_rgb(img, key, f"'{path}'")
+    except ConfigError:
+        raise
     except Image.DecompressionBombError as e:
         raise ConfigError(
             f"{key}: '{path}' is too large to decode safely ({e}). Pillow's decompression-bomb limit "
@@ -98,6 +152,15 @@ def _decode(path: Path, key: str) -> tuple[Image.Image, str]:
     except (OSError, SyntaxError, ValueError) as e:
         raise ConfigError(f"{key}: '{path}' is not a readable image ({type(e).__name__}: {e})") from None
     return rgb, sha256_bytes(data)
+
+
+def _not_a_file(key: str, path: Path) -> str:
+    """The message for an image path that is not a file: it says what the path is instead."""
+    if path.is_dir():
+        return f"{key}: '{path}' is a folder, not an image file"
+    if path.exists():
+        return f"{key}: '{path}' is not a regular file (a device, pipe or socket)"
+    return f"{key}: image file '{path}' does not exist"
 
 
 def read_skimage(name: str, key: str = "image") -> tuple[Image.Image, str]:
@@ -115,25 +178,42 @@ def read_skimage(name: str, key: str = "image") -> tuple[Image.Image, str]:
 
 
 def fetch_preset(name: str, url: str, sha256: str, key: str = "image") -> Path:
-    """The cached file of a preset, downloaded when missing; a sha256 mismatch is refused and removed."""
+    """The cached file of a preset, downloaded when missing.
+
+    A cached copy whose sha256 does not match is moved aside to ``<name>.png.bad-<first 8 hex of its
+    sha256>`` beside it, never deleted (it may be a file the user placed there by hand), and the
+    preset is downloaded again; every message from then on says where the bad copy went.
+    """
     path = cache_dir() / "images" / f"{safe_name(name)}.png"
+    moved = ""
     if path.is_file():
-        if sha256_bytes(path.read_bytes()) == sha256:
+        actual = sha256_bytes(path.read_bytes())
+        if actual == sha256:
             return path
-        path.unlink()
+        mismatch = f"the cached copy at {path} did not match its sha256 (expected {sha256}, got {actual})"
+        aside = path.with_name(f"{path.name}.bad-{actual[:8]}")
+        try:
+            os.replace(path, aside)
+        except OSError as e:
+            raise ConfigError(
+                f"{key}: preset '{name}': {mismatch} and could not be moved aside to {aside} "
+                f"({type(e).__name__}: {e}); replace it with the right file (sha256 {sha256})"
+            ) from None
+        moved = f"{mismatch[0].upper()}{mismatch[1:]} and was moved aside to {aside}. "
+        log.warning("%s: preset '%s': %s; moved aside to %s, downloading it again", key, name, mismatch, aside)
     try:
         with urllib.request.urlopen(url, timeout=20) as response:
             data = response.read()
     except Exception as e:
         raise ConfigError(
             f"{key}: preset '{name}' is not cached and could not be downloaded from {url} "
-            f"({type(e).__name__}: {e}). Place the file at {path} (sha256 {sha256}), "
+            f"({type(e).__name__}: {e}). {moved}Place the file at {path} (sha256 {sha256}), "
             f"or set CNNVIZ_CACHE to a folder holding images/{path.name}"
         ) from None
     if sha256_bytes(data) != sha256:
         raise ConfigError(
             f"{key}: download of preset '{name}' from {url} has sha256 {sha256_bytes(data)}, expected {sha256}; "
-            f"refused and not kept. Place the correct file at {path}"
+            f"refused and not kept. {moved}Place the correct file at {path}"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".part")
@@ -176,16 +256,26 @@ def sources_from_config(key: str, cfg) -> list[ImageSource]:
         if not cfg.path:
             raise ConfigError(f"{where}.path is not set: use image=file {where}.path=/path/to/image.jpg")
         path = Path(cfg.path).expanduser()
+        if path.is_dir():
+            use = f"image=folder image.folder.path={path}" if key == "file" else f"{where}.source=folder"
+            raise ConfigError(f"{where}.path: '{path}' is a folder, not an image file; for every image in it use {use}")
         if not path.is_file():
-            raise ConfigError(f"{where}.path: image file '{path}' does not exist")
+            raise ConfigError(_not_a_file(f"{where}.path", path))
         return [ImageSource(safe_name(cfg.name or path.stem), lambda: read_image(path, where), cfg.target, str(path), eager=True)]
     if kind == "folder":
         if not cfg.path:
             raise ConfigError(f"{where}.path is not set: use image=folder {where}.path=/path/to/folder")
         folder = Path(cfg.path).expanduser()
+        if folder.is_file():
+            use = f"image=file image.file.path={folder}" if key == "folder" else f"{where}.source=file"
+            raise ConfigError(f"{where}.path: '{folder}' is a file, not a folder; for this one image use {use}")
         if not folder.is_dir():
-            raise ConfigError(f"{where}.path: folder '{folder}' does not exist")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(f"{where}.path: folder '{folder}' {what}")
+        # hidden names are the file system's and other tools' bookkeeping, not pictures: macOS writes
+        # ._photo.jpg (AppleDouble) beside every file it copies to a foreign disk, with the same suffix
+        files = sorted(p for p in folder.iterdir()
+                       if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ConfigError(f"{where}.path: folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return [
@@ -215,6 +305,14 @@ def unique_names(sources: Sequence[ImageSource]) -> list[ImageSource]:
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 RESIZE_MODES = ("center_crop", "stretch", "keep_aspect")
 
+#: The most pixels ``preprocess`` resizes an image to: the resize before center_crop's crop, and the
+#: model input (keep_aspect's whole resized image, stretch's square). Pillow's decompression-bomb limit
+#: bounds only the decoded file, but these modes scale the *short* side to about input_size, so a
+#: thin sliver (2 x 20000 px, a small file) would grow to 256 x 2560000 pixels, GBs of memory.
+#: 4096² pixels are 48 MiB as 8-bit RGB and 192 MiB as the float32 input: far above any ordinary photo
+#: (a 224 px model reaches it only at an aspect ratio beyond 250:1) and far below what exhausts a machine.
+MAX_RESIZED_PIXELS = 4096 * 4096
+
 
 def check_preprocess(pre) -> None:
     """Raise ``ConfigError`` for preprocessing settings that ``preprocess`` cannot apply."""
@@ -228,19 +326,50 @@ def check_preprocess(pre) -> None:
         raise ConfigError("model.preprocess: mean and std need 3 values each, std non-zero")
 
 
+def _resized_size(size: tuple[int, int], pre) -> tuple[int, int]:
+    """The ``(w, h)`` that ``preprocess`` resizes an image of ``size`` to, before any crop."""
+    w, h = size
+    size_in = int(pre.input_size)
+    if pre.resize == "stretch":
+        return size_in, size_in
+    short = size_in if pre.resize == "keep_aspect" else int(round(size_in / float(pre.crop_pct)))
+    scale = short / min(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def check_resized_size(size: tuple[int, int], pre) -> None:
+    """Raise ``ConfigError`` when ``preprocess`` would resize an image of ``size = (w, h)`` to more than
+    ``MAX_RESIZED_PIXELS``, from the geometry alone, before any memory is spent on it. The crop of
+    center_crop only shrinks, so the resize is the largest image of every mode."""
+    new_w, new_h = _resized_size(size, pre)
+    pixels = new_w * new_h
+    if pixels <= MAX_RESIZED_PIXELS:
+        return
+    w, h = size
+    if pre.resize == "stretch":
+        fix = "lower model.preprocess.input_size"
+    else:
+        # keep_aspect is no way out: it feeds the whole resized strip to the model
+        fix = "use model.preprocess.resize=stretch, or crop the image to a less extreme shape first"
+    raise ConfigError(
+        f"model.preprocess.resize={pre.resize}: an image of {w}x{h} would be resized to {new_w}x{new_h} = "
+        f"{pixels:,} pixels (model.preprocess.input_size={int(pre.input_size)}), over the limit of "
+        f"{MAX_RESIZED_PIXELS:,} (cnnviz.imaging.MAX_RESIZED_PIXELS); {fix}"
+    )
+
+
 def preprocess(img: Image.Image, pre) -> tuple[torch.Tensor, np.ndarray]:
     """Resize (and crop) as configured; returns the normalised ``(1, 3, H, W)`` input and the
-    uint8 ``(H, W, 3)`` picture it shows, which overlays are drawn on."""
+    uint8 ``(H, W, 3)`` picture it shows, which overlays are drawn on. An image that would be
+    resized to more than ``MAX_RESIZED_PIXELS`` is refused (``check_resized_size``)."""
     check_preprocess(pre)
+    check_resized_size(img.size, pre)
     size = int(pre.input_size)
     interp = INTERPOLATIONS[pre.interpolation]
-    w, h = img.size
     if pre.resize == "stretch":
         img = img.resize((size, size), interp)
     elif pre.resize in ("center_crop", "keep_aspect"):
-        short = size if pre.resize == "keep_aspect" else int(round(size / float(pre.crop_pct)))
-        scale = short / min(w, h)
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), interp)
+        img = img.resize(_resized_size(img.size, pre), interp)
         if pre.resize == "center_crop":
             w, h = img.size
             left, top = (w - size) // 2, (h - size) // 2
@@ -277,9 +406,7 @@ def resize_geometry(size: tuple[int, int], pre) -> tuple[float, float, int, int]
     size_in = int(pre.input_size)
     if pre.resize == "stretch":
         return size_in / w, size_in / h, 0, 0
-    short = size_in if pre.resize == "keep_aspect" else int(round(size_in / float(pre.crop_pct)))
-    scale = short / min(w, h)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    new_w, new_h = _resized_size(size, pre)
     if pre.resize == "center_crop":
         return new_w / w, new_h / h, (new_w - size_in) // 2, (new_h - size_in) // 2
     return new_w / w, new_h / h, 0, 0

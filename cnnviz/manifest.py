@@ -13,13 +13,70 @@ from .files import atomic_write
 
 #: Leading columns, always present and in this order; file columns follow.
 COLUMNS = [
-    "image", "image_sha256", "model", "weights", "layer", "method", "params", "target_request", "target", "target_name",
+    "image", "image_sha256", "model", "weights", "weights_sha256", "layer", "method", "params", "target_request", "target", "target_name",
     "predicted", "predicted_name", "predicted_prob", "target_prob", "status", "error", "warnings", "duration_ms",
 ]
 
 
 #: Columns that identify an item: a new row replaces an earlier row with the same values.
 KEY = ["image", "model", "weights", "method", "layer", "params", "target_request"]
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used: the message names the file and what is wrong."""
+
+
+def _kind(path: Path) -> str:
+    return "directory" if path.is_dir() else "special file"
+
+
+def read_manifest(path: Path) -> tuple[pd.DataFrame, Optional[str]]:
+    """The rows of a manifest file, and ``None`` or a description of its damage (the file and its
+    first bad row). A row is intact when it parses as CSV with as many fields as the header; a file
+    cut short (a killed writer on a filesystem without atomic rename, a hand edit) keeps its intact rows.
+    A file that is not a cnnviz manifest at all raises ``ManifestError``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path} cannot be read as a manifest ({type(e).__name__}: {e})") from None
+    lines = text.splitlines(keepends=True)
+    rows: list[list[str]] = []
+    damage = None
+    line_no = 0
+    reader = csv.reader(io.StringIO(text), strict=True)
+    header: Optional[list[str]] = None
+    while True:
+        start = reader.line_num
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            damage = f"{path}: line {start + 1} is damaged ({e}); {len(rows)} intact row(s) before it are kept"
+            break
+        line_no = reader.line_num
+        if header is None:
+            header = record
+            missing = [c for c in ("image", "method", "status") if c not in header]
+            if missing:
+                raise ManifestError(f"{path} is not a cnnviz manifest (no {', '.join(missing)} column in its header "
+                                    f"line); move it away or choose another output folder (hydra.run.dir=...)")
+            continue
+        if len(record) != len(header):
+            damage = (f"{path}: row {len(rows) + 1} (line {start + 1}) has {len(record)} fields, the header {len(header)}; "
+                      f"{len(rows)} intact row(s) before it are kept")
+            break
+        rows.append(record)
+    if damage is None and text and not text.endswith("\n") and rows and line_no == len(lines):
+        # the writer ends every row with a newline: a last row without one was cut short
+        rows.pop()
+        damage = f"{path}: the last row (line {line_no}) is cut short; {len(rows)} intact row(s) before it are kept"
+    if header is None:
+        return pd.DataFrame(columns=COLUMNS), damage
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    buf.seek(0)
+    return pd.read_csv(buf, dtype={"target": "Int64", "predicted": "Int64"}), damage
 
 
 def _cell(value: Any) -> str:
@@ -45,8 +102,14 @@ class Manifest:
         self._rows: dict[tuple, dict[str, Any]] = {}  # by key, in the order last written
         self._lines: dict[tuple, str] = {}
         self._columns: list[str] = list(COLUMNS)
+        #: None, or what was wrong with the file: its intact rows are kept, the rest is recomputed
+        self.damage: Optional[str] = None
+        if self.path.exists() and not self.path.is_file():
+            raise ManifestError(f"{self.path} is not a file (a {_kind(self.path)} is in the way); "
+                                "move it away or choose another output folder (hydra.run.dir=...)")
         if self.path.is_file() and self.path.stat().st_size:
-            for row in pd.read_csv(self.path, dtype={"target": "Int64", "predicted": "Int64"}).to_dict("records"):
+            frame, self.damage = read_manifest(self.path)
+            for row in frame.to_dict("records"):
                 self._put(row)
 
     @property
@@ -89,14 +152,18 @@ class Manifest:
         header = self._line(dict(zip(self._columns, self._columns)))
         atomic_write(self.path, (header + "".join(self._lines.values())).encode(), durable=True)
 
-    def completed(self, key: dict[str, Any], layer: Any, folder: Path, require: Optional[Callable[[dict], bool]] = None) -> bool:
-        """Whether the item ``key`` at ``layer`` has an ``ok`` row whose files exist with their sha256
-        (and for which ``require(row)`` holds, e.g. the configured metrics are in it)."""
+    def completed(self, key: dict[str, Any], layer: Any, folder: Path, require: Optional[Callable[[dict], bool]] = None,
+                  content: Optional[dict[str, Any]] = None) -> bool:
+        """Whether the item ``key`` at ``layer`` has an ``ok`` row whose files exist with their sha256,
+        whose ``content`` columns (the input's and the weights' sha256) equal the given values, and
+        for which ``require(row)`` holds (e.g. the configured metrics are in it)."""
         from .files import file_sha256
 
         want = _key({**key, "layer": layer})
         rows = [r for r in self.rows if _key(r) == want and r.get("status") == "ok"]
         if not rows or (require is not None and not require(rows[-1])):
+            return False
+        if any(_cell(rows[-1].get(col)) != _cell(value) for col, value in (content or {}).items()):
             return False
         for col, rel in rows[-1].items():
             if col.startswith("file_") and isinstance(rel, str):

@@ -10,18 +10,18 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-from hydra.utils import get_method as import_callable
 from omegaconf import DictConfig, OmegaConf
 
 from . import fastpath
-from .config import ImageConfig, ModelConfig, check_keys
+from .config import ImageConfig, ModelConfig, RenderConfig, check_keys
+from .constraints import check_values
 from .errors import ConfigError, close_matches, unknown
 from .hooks import capture_outputs, model_state_kept
-from .imaging import ImageSource, check_preprocess, sources_from_config, unique_names
+from .imaging import ImageSource, check_preprocess, check_resized_size, sources_from_config, unique_names
 from .layers import resolve_layer
 from .methods.base import Method
 from .metrics import Metric, get_metric
-from .models import LoadedModel
+from .models import LoadedModel, check_finite
 from .registry import get_method
 from .segmentation_models import apply_region, split_region_target
 from .streams import set_streams
@@ -68,15 +68,21 @@ def build_methods(cfg_methods: DictConfig) -> tuple[dict[str, Method], dict[str,
         params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
         if "layer" in params:
             layers[str(name)] = params.pop("layer")
-        valid = {f.name for f in dataclasses.fields(cls)}
+        valid = {f.name for f in dataclasses.fields(cls)} | {"layer"}
         for key in params:
             if key not in valid:
-                raise ConfigError(
-                    f"method.{name}.{key}: unknown hyperparameter of {name}; valid: {', '.join(sorted(valid | {'layer'}))}"
-                )
+                raise ConfigError(f"method.{name}.{key}: unknown hyperparameter of {name}"
+                                  f"{close_hint(str(key), valid)}; valid: {', '.join(sorted(valid))}")
         check_value_types(cls, params, f"method.{name}")
+        check_values(cls, params, f"method.{name}")
         methods[str(name)] = cls(**params)
     return methods, layers
+
+
+def close_hint(word: str, valid) -> str:
+    """``; close matches: ...`` for a mistyped key, or nothing."""
+    near = close_matches(word, valid)
+    return f"; close matches: {', '.join(near)}" if near else ""
 
 
 _SCALARS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
@@ -113,10 +119,10 @@ def build_metrics(cfg_metrics: Optional[DictConfig], mean, std) -> dict[str, Met
         valid = {f.name for f in dataclasses.fields(cls)}
         for key in params:
             if key not in valid:
-                near = close_matches(str(key), valid)
-                hint = f"; close matches: {', '.join(near)}" if near else ""
-                raise ConfigError(f"metrics.{name}.{key}: unknown option of {name}{hint}; valid: {', '.join(sorted(valid)) or 'none'}")
+                raise ConfigError(f"metrics.{name}.{key}: unknown option of {name}{close_hint(str(key), valid)}; "
+                                  f"valid: {', '.join(sorted(valid)) or 'none'}")
         check_value_types(cls, params, f"metrics.{name}")
+        check_values(cls, params, f"metrics.{name}")
         metric = cls(**params)
         for key, stat in (("input_mean", mean), ("input_std", std)):  # pixel-space substrates need the normalisation
             if getattr(metric, key, False) is None:
@@ -149,12 +155,18 @@ def load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
         log.info("reusing the cached model %s (%s)", cfg_model.arch, cfg_model.weights)
         return _MODELS[key]
     _MODELS.clear()  # one model in memory at a time
-    _MODELS[key] = _load_model(cfg_model, seed)
+    loaded = _load_model(cfg_model, seed)
+    check_finite(loaded.module, loaded.origin)  # before caching: a bad load is never reused
+    _MODELS[key] = loaded
     return _MODELS[key]
 
 
 def _load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
-    loader = import_callable(cfg_model._target_)
+    """Call the registered loader ``model._target_`` names (``cnnviz.trust``): the string is never
+    imported, so a configuration cannot make cnnviz call anything but a model loader."""
+    from .trust import get_loader
+
+    loader = get_loader(cfg_model.get("_target_"))
     accepted = inspect.signature(loader).parameters
     given = {"arch": cfg_model.arch, "weights": cfg_model.weights, "path": cfg_model.path, "library": cfg_model.library,
              "name": cfg_model.name, "seed": seed}
@@ -253,6 +265,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     except ValueError as e:
         raise ConfigError(f"model.{e}: 1 runs integrated gradients' and SmoothGrad's batches one after another, "
                           "2 in two parallel streams on CPU (model.streams=2)") from None
+    check_values(RenderConfig, OmegaConf.to_container(cfg.render, resolve=True), "render")
     methods, method_layers = build_methods(cfg.method)
     metrics = build_metrics(cfg.get("metrics"), cfg.model.preprocess.mean, cfg.model.preprocess.std)
     for m in methods.values():  # techniques that work in pixel space learn the model's normalisation
@@ -268,7 +281,8 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError("no image selected: set image=<preset> or image=file image.file.path=...")
     for src in images:
         if src.eager:
-            src.read()  # a file named in the config must be readable before any work starts
+            img, _ = src.read()  # a file named in the config must be readable, and not too large once resized, before any work starts
+            check_resized_size(img.size, cfg.model.preprocess)
     target, region = split_region_target(cfg.target)  # {class: c, region: ...} for segmentation models
     model = apply_region(load_model(cfg.model, int(cfg.seed)), region, cfg.model.preprocess)
     model.module.to(device)

@@ -35,6 +35,8 @@ PASS_THROUGH = (
 )
 SUPPORTED = LINEAR + RATIO_ACTIVATIONS + PASS_THROUGH + (nn.modules.batchnorm._BatchNorm,)
 TINY = 1e-9
+#: how LRP-ε's ε is read: ``relative`` (ε · std of the layer's output, per image) or ``absolute``
+EPSILON_MODES = ("relative", "absolute")
 
 
 def stabilise(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -114,7 +116,7 @@ def rule_output(module: nn.Module, a: torch.Tensor, out: torch.Tensor, rule: str
     return torch.where(out > 0, up, down)
 
 
-def _linear_hook(rule: str, epsilon: float, gamma: float):
+def _linear_hook(rule: str, epsilon: float, gamma: float, epsilon_mode: str = "relative"):
     busy: set[int] = set()  # the rule's own forwards below must not re-enter this hook
 
     def hook(module, args, out):
@@ -125,9 +127,13 @@ def _linear_hook(rule: str, epsilon: float, gamma: float):
             z_rule = rule_output(module, args[0], out, rule, gamma)
         finally:
             busy.discard(id(module))
-        if rule == "epsilon":  # ε relative to the spread of the layer's outputs, per image
+        if rule == "epsilon" and epsilon_mode == "relative":  # ε relative to the spread of the layer's outputs, per image
             eps = epsilon * out.detach().flatten(1).std(dim=1).view(-1, *([1] * (out.ndim - 1)))
+            # a constant output (std 0, e.g. all zero for a blank image) would leave 0 / 0 where z = 0
+            eps = eps.clamp(min=TINY)
             denominator = z_rule + torch.where(z_rule >= 0, eps, -eps)
+        elif rule == "epsilon":
+            denominator = stabilise(z_rule, epsilon)
         else:
             denominator = stabilise(z_rule, 0.0)
         scale = (out / denominator).detach()
@@ -143,13 +149,18 @@ def _ratio_hook(module, args, out):
 
 
 @contextmanager
-def relevance_rules(model: nn.Module, rules: dict[str, str], epsilon: float, gamma: float) -> Iterator[None]:
+def relevance_rules(model: nn.Module, rules: dict[str, str], epsilon: float, gamma: float,
+                    epsilon_mode: str = "relative") -> Iterator[None]:
     """Hooks turning ``model``'s backward into LRP in g-form; ``rules`` maps linear-layer names to
-    epsilon | gamma | zplus | zero (layers not named keep their ordinary backward)."""
+    epsilon | gamma | zplus | zero (layers not named keep their ordinary backward).
+
+    LRP-ε's stabiliser is ε · std(z) of the layer's output z per image with ``epsilon_mode``
+    ``relative`` (floored at ``TINY``, like the other rules' stabilisers), ε itself with ``absolute``
+    (the paper's form): z + ε · sign(z), sign(0) = +1."""
     with removing([]) as handles:
         for name, m in model.named_modules():
             if name in rules:
-                handles.append(m.register_forward_hook(_linear_hook(rules[name], epsilon, gamma)))
+                handles.append(m.register_forward_hook(_linear_hook(rules[name], epsilon, gamma, epsilon_mode)))
             elif isinstance(m, RATIO_ACTIVATIONS):
                 handles.append(m.register_forward_hook(_ratio_hook))
         yield

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import itertools
 import json
 import logging
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,9 +55,26 @@ def units_of(plan: Plan) -> list[Unit]:
     ]
 
 
-def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image read and preprocessed for the model."""
+
+    sha256: str
+    x: torch.Tensor
+    #: the uint8 (H, W, 3) picture the input shows
+    picture: Any
+    #: the object box as a mask on the input (``image.<key>.box``), or None
+    mask: Any
+    #: the original image's (w, h)
+    size: tuple[int, int]
+    #: notes from reading (e.g. only the first frame of an animation is used), added to each row
+    warnings: tuple[str, ...] = ()
+
+
+def execute(plan: Plan, out_dir: Path, load_s: float = 0.0, manifest: Manifest | None = None) -> pd.DataFrame:
     """Compute every item of ``plan`` into ``out_dir``; ``load_s``: the time the plan took to build
-    (model load), reported with the run's own timing in the log and in ``progress.json``."""
+    (model load), reported with the run's own timing in the log and in ``progress.json``;
+    ``manifest``: the folder's manifest when the caller has already read (and checked) it."""
     wall0 = time.perf_counter()
     clock = {"compute": 0.0}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -63,7 +82,8 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
     # env.json (a git call) and each next image's reading are done by the writer threads while the
     # techniques compute
     env_written = _writers().submit(_write_env, out_dir, plan)
-    manifest = Manifest(out_dir / "manifest.csv")
+    manifest = manifest if manifest is not None else Manifest(out_dir / "manifest.csv")
+    weights_id = weights_identity(plan.model)
     units = units_of(plan)
     planned = sum(len(u.layers) or 1 for u in units)
     atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": len(units)}).encode())
@@ -83,10 +103,12 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
         for target_request in [t for i, t in groups if i == image_index]:
             todo = [u for u in units if u.image == image_index and u.target == target_request]
             base = {u.method: {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
-                               "method": u.method, "params": plan.methods[u.method].params(),
+                               "weights_sha256": weights_id, "method": u.method, "params": plan.methods[u.method].params(),
                                "target_request": u.target_request} for u in todo}
             if plan.resume:
-                todo, done = missing_parts(todo, base, manifest, plan, out_dir)
+                # complete only for the same bytes: an image replaced under the same name is recomputed
+                content = None if isinstance(loaded, Exception) else {"image_sha256": loaded.sha256, "weights_sha256": weights_id}
+                todo, done = missing_parts(todo, base, manifest, plan, out_dir, content)
                 skipped += done
                 progress.update(done)
             if not todo:
@@ -95,17 +117,16 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
             if isinstance(loaded, Exception):
                 results = {u.method: (loaded, 0.0) for u in todo}
             else:
-                sha, x, picture, mask, _ = loaded
                 target = src.default_target if target_request is None else target_request
                 torch.manual_seed(plan.seed)
-                results = compute_group({u.method: plan.methods[u.method] for u in todo}, plan.model.module, x,
+                results = compute_group({u.method: plan.methods[u.method] for u in todo}, plan.model.module, loaded.x,
                                         None if target == "top1" else target, {u.method: u.layers for u in todo})
             clock["compute"] += time.perf_counter() - start
             for unit in todo:
                 result, ms = results[unit.method]
                 if plan.metrics and not isinstance(result, Exception) and not isinstance(loaded, Exception):
-                    results[unit.method] = ([evaluate(plan.metrics, a, plan.model.module, x, method=plan.methods[unit.method],
-                                                      layers=unit.layers, mask=mask) for a in result], ms)
+                    results[unit.method] = ([evaluate(plan.metrics, a, plan.model.module, loaded.x, method=plan.methods[unit.method],
+                                                      layers=unit.layers, mask=loaded.mask) for a in result], ms)
             # the items' files are written side by side (numpy, zlib and file writes release the GIL);
             # the group's rows then go into the manifest with one write
             written = _writers().map(lambda u: _item_rows(u, base[u.method], *results[u.method], loaded, src, plan,
@@ -134,6 +155,20 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0) -> pd.DataFrame:
     return frame
 
 
+def weights_identity(model) -> str:
+    """The sha256 of the weights' file; for weights without a file of their own (timm's hub cache)
+    the sha256 of the state dict's bytes; "" for a seeded random init, which its name identifies."""
+    if model.weights_sha256:
+        return model.weights_sha256
+    if str(model.weights).startswith("random("):
+        return ""
+    h = hashlib.sha256()
+    for name, t in model.module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def report_timing(out_dir: Path, planned: int, calls: int, load_s: float, run_s: float, clock: dict) -> None:
     """Where the time went: plan + model load, the techniques' compute, and the rest (images, files,
     manifest, metrics, gallery); ``overhead`` = (load + run) / (load + compute)."""
@@ -146,9 +181,12 @@ def report_timing(out_dir: Path, planned: int, calls: int, load_s: float, run_s:
              timing["wall_s"], load_s, timing["compute_s"], timing["other_s"], timing["gallery_s"], timing["overhead"])
 
 
-def missing_parts(units: list[Unit], base: dict, manifest: Manifest, plan: Plan, out_dir: Path) -> tuple[list[Unit], int]:
+def missing_parts(units: list[Unit], base: dict, manifest: Manifest, plan: Plan, out_dir: Path,
+                  content: dict | None) -> tuple[list[Unit], int]:
     """The calls still to do, each narrowed to its unfinished layers, and how many items are done.
-    A technique whose layers are computed jointly (LayerCAM's fusion) is redone whole."""
+    An item is done when its row matches the key, ``content`` (the input's and the weights' sha256;
+    None: the image could not be read, nothing is done) and the configured metrics, and its files
+    their sha256. A technique whose layers are computed jointly (LayerCAM's fusion) is redone whole."""
     todo, done = [], 0
     wanted = json.loads(metric_record(plan.metrics))
 
@@ -160,7 +198,8 @@ def missing_parts(units: list[Unit], base: dict, manifest: Manifest, plan: Plan,
         return all(done_with.get(name) == params for name, params in wanted.items())
 
     for u in units:
-        missing = [l for l in (u.layers or (None,)) if not manifest.completed(base[u.method], l, out_dir, has_metrics)]
+        missing = [l for l in (u.layers or (None,))
+                   if content is None or not manifest.completed(base[u.method], l, out_dir, has_metrics, content)]
         done += len(u.layers or (None,)) - len(missing)
         if not missing:
             continue
@@ -195,18 +234,22 @@ def _item_rows(unit: Unit, base: dict, result, ms: float, loaded, src, plan: Pla
     try:
         if isinstance(result, Exception):
             raise result
-        sha, _, picture, _, original_size = loaded
         share = ms / len(result)
-        meta = {"image_sha256": sha, "model": plan.model.name, "weights": plan.model.weights,
+        meta = {"image_sha256": loaded.sha256, "model": plan.model.name, "weights": plan.model.weights,
+                "weights_sha256": base["weights_sha256"],
                 "target_request": unit.target_request, "duration_ms": round(share, 1)}
         if plan.metrics:
             meta["metric_params"] = metric_record(plan.metrics)
         method = plan.methods[unit.method]
-        ex = Explanation(src.name, picture, result, method.renders, plan.model.class_names, meta,
-                         method.writes + writes_of(plan.metrics), original_size=original_size, preprocess=plan.preprocess)
-        return ex.rows(out_dir, options, with_target)
+        ex = Explanation(src.name, loaded.picture, result, method.renders, plan.model.class_names, meta,
+                         method.writes + writes_of(plan.metrics), original_size=loaded.size, preprocess=plan.preprocess)
+        rows = ex.rows(out_dir, options, with_target)
+        if loaded.warnings:
+            for row in rows:
+                row["warnings"] = "; ".join(filter(None, [*loaded.warnings, row.get("warnings")]))
+        return rows
     except Exception as e:  # recorded, logged, and the remaining items still run
-        error = f"{type(e).__name__}: {e}"
+        error = plain_text(f"{type(e).__name__}: {e}")
         return [{**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
                  "status": "error", "error": error, "duration_ms": round(ms, 1)} for layer in unit.layers or (None,)]
 
@@ -221,20 +264,29 @@ def _write_env(out_dir: Path, plan: Plan) -> None:
     atomic_write(out_dir / "env.json", json.dumps(env, indent=2).encode())
 
 
-def _load(src, plan: Plan):
-    """(sha256, input, picture, object mask or None, original (w, h)), or the exception, kept so
-    that every item of the image reports it."""
+def _load(src, plan: Plan) -> LoadedImage | Exception:
+    """The image read and preprocessed, or the exception, kept so that every item of the image reports it."""
     try:
         img, sha = src.read()
         x, picture = preprocess(img, plan.preprocess)
         mask = box_mask(tuple(x.shape[-2:]), box_to_input(src.box, img.size, plan.preprocess)) if src.box else None
-        return sha, x.to(plan.device), picture, mask, img.size
+        notes = tuple(str(w) for w in (img.info.get("cnnviz_warnings") or ()))
+        return LoadedImage(sha, x.to(plan.device), picture, mask, img.size, notes)
     except Exception as e:
         return e
 
 
-def run(cfg: DictConfig, out_dir: Path) -> pd.DataFrame:
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def plain_text(message: str) -> str:
+    """``message`` without terminal escape sequences (colours, cursor moves): some libraries colour
+    their errors, and a manifest cell or a log file is not a terminal."""
+    return _ANSI.sub("", message)
+
+
+def run(cfg: DictConfig, out_dir: Path, manifest: Manifest | None = None) -> pd.DataFrame:
     """Check the whole configuration (``ConfigError`` before any work), then compute every item."""
     start = time.perf_counter()
     plan = build_plan(cfg)
-    return execute(plan, Path(out_dir), time.perf_counter() - start)
+    return execute(plan, Path(out_dir), time.perf_counter() - start, manifest)

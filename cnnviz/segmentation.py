@@ -35,12 +35,14 @@ Box = tuple[int, int, int, int]
 def saliency_map(values: np.ndarray, upsampled: Optional[np.ndarray]) -> np.ndarray:
     """``(B, H, W)`` map from an Attribution's arrays: a CAM's upsampled map as it is; an input-space
     ``(B, C, H, W)`` gradient reduced as Simonyan et al. do, ``max_c |g_c|``."""
+    # float64 maps (from a float64 input) stay float64, the rest become float32
+    dtype = np.float64 if np.asarray(values).dtype == np.float64 else np.float32
     if upsampled is not None:
-        return np.asarray(upsampled, dtype=np.float32)
+        return np.asarray(upsampled, dtype=dtype)
     values = np.asarray(values)
     if values.ndim != 4:
         raise ConfigError(f"a saliency source must give (B, C, H, W) input-space values or an upsampled map, got shape {values.shape}")
-    return np.abs(values).max(axis=1).astype(np.float32)
+    return np.abs(values).max(axis=1).astype(dtype)
 
 
 def check_quantiles(q_fg: float, q_bg: float, where: str) -> None:

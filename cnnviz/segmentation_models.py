@@ -35,6 +35,7 @@ from torch import nn
 from .errors import ConfigError, close_matches, unknown
 from .files import file_sha256
 from .models import LoadedModel, _seeded, torchvision_weights
+from .trust import model_loader
 
 REGION_FORMS = "region: all | region: {box: [x0, y0, x1, y1]} | region: {mask: FILE}"
 
@@ -235,6 +236,7 @@ def apply_region(loaded: LoadedModel, region: Optional[Region], pre) -> LoadedMo
 # --- the loader ----------------------------------------------------------------------------
 
 
+@model_loader
 def torchvision_segmentation(name: str = "fcn_resnet50", weights: Optional[str] = "COCO_WITH_VOC_LABELS_V1",
                              seed: int = 0) -> LoadedModel:
     """A torchvision segmentation network (``fcn_resnet50``, ``deeplabv3_resnet50``,
@@ -253,4 +255,5 @@ def torchvision_segmentation(name: str = "fcn_resnet50", weights: Optional[str] 
         return LoadedModel(RegionLogits(net), name, f"random(seed={seed})", None, categories)
     w, cached = torchvision_weights(name, weights)
     net = tvm.get_model(name, weights=w)  # reads the cached file
-    return LoadedModel(RegionLogits(net), name, weights, file_sha256(cached), list(w.meta.get("categories") or []))
+    return LoadedModel(RegionLogits(net), name, weights, file_sha256(cached), list(w.meta.get("categories") or []),
+                       origin=f"model.weights: {name} {weights} '{cached}'")

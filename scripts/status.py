@@ -25,10 +25,15 @@ def planned_jobs(sweep: Path) -> int | None:
 
 
 def main(folder: Path) -> None:
-    jobs = sorted({p.parent for p in folder.rglob("progress.json")})
+    jobs = sorted({p.parent for p in folder.rglob("progress.json")} | {p.parent for p in folder.rglob("job_error.json")})
     totals = {"done": 0, "failed": 0, "pending": 0}
     print(f"{'job':<70}{'done':>6}{'failed':>8}{'pending':>9}")
     for job in jobs:
+        if not (job / "progress.json").is_file():  # stopped before computing (a configuration error)
+            totals["failed"] += 1
+            error = json.loads((job / "job_error.json").read_text())["error"]
+            print(f"{str(job.relative_to(folder)) or '.':<70}{0:>6}{1:>8}{0:>9}  {error}")
+            continue
         planned = json.loads((job / "progress.json").read_text())["planned_rows"]
         rows = pd.read_csv(job / "manifest.csv") if (job / "manifest.csv").is_file() else pd.DataFrame({"status": []})
         done, failed = int((rows.status == "ok").sum()), int((rows.status == "error").sum())

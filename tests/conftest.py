@@ -46,6 +46,33 @@ def _one_stream():
 needs_shared_images = pytest.mark.skipif(not SHARED_IMAGES.is_dir(), reason="../shared/images is not present")
 
 
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """``proc``, after asserting that it exited 0 (its output tails in the failure message)."""
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@contextmanager
+def one_thread_everywhere() -> Iterator[None]:
+    """One intra-op thread here and in child processes (``OMP_NUM_THREADS``): an in-process
+    recompute is then bit-identical to a run.py run, and a busy 2-core machine is not oversubscribed."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        mp.undo()
+
+
 def run_cli(args: list[str], run_dir: Path, cache: Path, timeout: float = 300, multirun_dir: Path | None = None):
     """Run ``python run.py`` as a user would; returns the CompletedProcess."""
     env = {**os.environ, "CNNVIZ_CACHE": str(cache), "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}

@@ -21,7 +21,7 @@ def sha(path: Path) -> str:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): sha(p) for p in sorted(folder.rglob("*")) if p.is_file() and ".hydra" not in p.parts and p.name != "run.log"}
+    return {str(p.relative_to(folder)): sha(p) for p in sorted(folder.rglob("*")) if p.is_file() and ".hydra" not in p.parts and p.name not in ("run.log", ".cnnviz.lock")}
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -158,7 +158,7 @@ def test_offline_preset_not_cached_says_where_to_put_it(tmp_path):
     assert "0e694fcaf61b4c254e4d431896c198835c1e3c6c4f8797940e37fb76a0f0f047" in proc.stderr
 
 
-def test_sha256_mismatch_is_refused_and_removed(tmp_path):
+def test_sha256_mismatch_is_refused_and_moved_aside(tmp_path):
     cache = tmp_path / "cache"
     (cache / "images").mkdir(parents=True)
     bad = cache / "images" / "spider.png"
@@ -188,7 +188,9 @@ def test_failed_item_is_recorded_and_the_rest_still_run(tmp_path, image_cache):
     _truncated_png(folder / "b_broken.png")
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (50, 50), dtype=np.uint8), "L").save(folder / "c_gray.jpg")
     run = tmp_path / "run"
-    ok(run_cli(["image=folder", f"image.folder.path={folder}", "method=[gradcam,vanilla_backprop]"], run, image_cache))
+    proc = run_cli(["image=folder", f"image.folder.path={folder}", "method=[gradcam,vanilla_backprop]"], run, image_cache)
+    assert proc.returncode == 3, proc.stdout[-3000:] + proc.stderr[-3000:]  # some items failed
+    assert proc.stdout.strip().splitlines()[-1] == f"cnnviz: 4 ok, 2 failed; manifest: {run / 'manifest.csv'}"
     df = pd.read_csv(run / "manifest.csv")
     assert len(df) == 6
     assert set(df[df.image == "b_broken"].status) == {"error"}
@@ -203,11 +205,12 @@ def test_errors_and_reruns_never_lose_earlier_results(tmp_path, image_cache):
                 ["method.gradcam.relu=maybe"], ["model.streams=0"], ["model.streams=abc"]):
         assert run_cli(["image=rocket", *bad], tmp_path, image_cache).returncode != 0
         assert snapshot(tmp_path) == before
-    ok(run_cli(["image=rocket", "method=vanilla_backprop"], tmp_path, image_cache))
-    df = pd.read_csv(tmp_path / "manifest.csv")
-    assert sorted(df.method) == ["gradcam", "vanilla_backprop"]
-    # every earlier picture is still there, unchanged (the gallery, derived from all rows, is redrawn)
-    assert all(sha(tmp_path / k) == v for k, v in before.items() if k.endswith(".png") and k != "contact_sheet.png")
+    # another configuration into the same folder is refused: one manifest holds one configuration's rows
+    proc = run_cli(["image=rocket", "method=vanilla_backprop"], tmp_path, image_cache)
+    assert proc.returncode == 2 and "holds the outputs of another configuration" in proc.stderr
+    assert snapshot(tmp_path) == before
+    ok(run_cli(["image=rocket"], tmp_path, image_cache))  # the same configuration again is fine
+    assert list(pd.read_csv(tmp_path / "manifest.csv").method) == ["gradcam"]
 
 
 def test_non_square_input_keeps_its_shape(tmp_path, image_cache):
@@ -236,16 +239,3 @@ def test_target_list_gives_one_item_per_target(tmp_path, image_cache):
     assert (tmp_path / "coffee_gradcam_bn2_t504_cam_on_image.png").is_file()
 
 
-def test_hydra_experimental_rerun_recomputes_an_archived_run(tmp_path, image_cache):
-    ok(run_cli(["image=rocket", "method=vanilla_backprop"], tmp_path, image_cache))
-    pickle = tmp_path / ".hydra" / "config.pickle"
-    assert pickle.is_file()
-    before = pd.read_csv(tmp_path / "manifest.csv")
-    (tmp_path / "rocket_vanilla_backprop.npy").unlink()
-    env = {**__import__("os").environ, "CNNVIZ_CACHE": str(image_cache)}
-    proc = subprocess.run([sys.executable, str(ROOT / "run.py"), "--experimental-rerun", str(pickle)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
-    ok(proc)
-    after = pd.read_csv(tmp_path / "manifest.csv")
-    assert len(after) == 1 and after.sha256_npy.item() == before.sha256_npy.item()
-    assert sha(tmp_path / "rocket_vanilla_backprop.npy") == before.sha256_npy.item()

@@ -814,9 +814,10 @@ def test_layer_activation_guided_matches_hand_computed_guided_gradient(layer, f)
     assert differs(other.values, attr.values)
 
 
-@pytest.mark.parametrize("f", [6, -1])
-def test_layer_activation_guided_filter_out_of_range_names_the_channel_count(f):
-    with pytest.raises(ConfigError, match=r"filter.*6 channels"):
+@pytest.mark.parametrize("f, match", [(6, r"filter.*6 channels"),
+                                      (-1, r"method\.layer_activation_guided\.filter=-1 is out of range")])  # no model needed
+def test_layer_activation_guided_filter_out_of_range_names_the_channel_count(f, match):
+    with pytest.raises(ConfigError, match=match):
         method("layer_activation_guided", filter=f)(TinyCNN(), torch.randn(1, 3, 8, 8), None, layer="features.2")
 
 

@@ -166,7 +166,7 @@ def test_missing_file_names_the_path(tmp_path):
 
 def test_a_folder_is_not_an_image_file(tmp_path):
     (tmp_path / "d.png").mkdir()
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="is a folder, not an image file"):
         read_image(tmp_path / "d.png")
 
 

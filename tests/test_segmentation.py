@@ -24,6 +24,7 @@ from cnnviz.segmentation_models import (
     split_region_target,
     torchvision_segmentation,
 )
+from cnnviz.trust import model_loader
 from conftest import hook_count, run_cli
 
 PIXELS = Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3)  # the tiny models read pixels in [0, 1]
@@ -392,8 +393,10 @@ class TinySegBN(TinySeg):
         self.backbone = nn.Sequential(self.backbone[0], norm, *self.backbone[1:])
 
 
+@model_loader
 def tiny_segmentation_model(seed: int = 0):
-    """A loader for ``model._target_``: TinySegBN wrapped as ``model=torchvision_segmentation`` does."""
+    """A loader for ``model._target_`` (registered: cnnviz builds no other callable by name): TinySegBN
+    wrapped as ``model=torchvision_segmentation`` does."""
     from cnnviz.models import LoadedModel
 
     return LoadedModel(RegionLogits(TinySegBN()), "tiny_seg", "random", None, ["bg", "a", "b"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..constraints import param
 from ..errors import ConfigError
 from ..hooks import model_state_kept, replaced_output
 from ..layers import resolve_layer
@@ -40,8 +41,8 @@ def _ablate(out: torch.Tensor, channels: torch.Tensor, expand: bool) -> torch.Te
 class AblationCAM(CAMMethod):
     many_passes = True
     uses_gradients = False
-    batch_size: int = 64
-    mode: str = "expand"
+    batch_size: int = param(64, min=1)
+    mode: str = param("expand", choices=MODES)
 
     def ablated_scores(self, forward, x1, module, channels, target, index, expand: bool) -> torch.Tensor:
         with replaced_output(module, lambda out: _ablate(out, channels, expand)):

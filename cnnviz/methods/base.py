@@ -8,7 +8,8 @@ from typing import Any, ClassVar, ContextManager, Optional, Sequence
 import torch
 from torch import nn
 
-from ..attribution import Attribution
+from ..attribution import Attribution, NonFiniteError, non_finite_counts
+from ..constraints import check_fields
 from ..errors import ConfigError
 from ..maps import to_numpy, upsample
 from ..memory import reusing_freed_memory
@@ -34,8 +35,17 @@ class Method:
     #: optimisation): they run inside ``memory.reusing_freed_memory``.
     many_passes: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        # the library API refuses what the runner refuses, under the same config key
+        check_fields(self, f"method.{self.name or type(self).__name__}")
+        self.check_params()
+
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def check_params(self) -> None:
+        """Raise ``ConfigError`` for hyperparameters that cannot work together (no model needed);
+        each field's own range or choices are declared with ``constraints.param``."""
 
     def check(self, model: nn.Module) -> None:
         """Raise ``ConfigError`` early when this technique cannot run on ``model``."""
@@ -111,6 +121,16 @@ def require_4d(layer: str, t: torch.Tensor, method: str) -> None:
         )
 
 
+def require_finite(layer: str, t: torch.Tensor, method: str) -> None:
+    """Refuse a layer whose activations hold NaN/±Inf: every map made from them is NaN, and some
+    techniques would fail on them with a message that does not say why (an SVD that does not converge)."""
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteError(
+            f"{method} at layer '{layer}': the layer's activations are not finite "
+            f"({non_finite_counts(t.detach().cpu().numpy())}); the model overflows there for this input: "
+            "choose another layer (layer=...) or check the model's weights")
+
+
 @dataclasses.dataclass
 class CAMMethod(Method):
     """Class activation map at a layer, Σ_k w_k A_k unless ``combine`` says otherwise.
@@ -153,12 +173,13 @@ class CAMMethod(Method):
     def finish_all(self, model, x, p: Pass, layers: Sequence[str], target: Target) -> list[Attribution]:
         for layer in layers:
             require_4d(layer, p.activations[layer], self.name)
+            require_finite(layer, p.activations[layer], self.name)
         return [self.finish(self.layer_map(model, x, p, layer, target), p, layer, tuple(x.shape[-2:])) for layer in layers]
 
     def finish(self, cam: torch.Tensor, p: Pass, layer: str, size: tuple[int, int]) -> Attribution:
         if self.relu:
             cam = cam.clamp(min=0)
-        cam = torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0)
+        # a NaN/Inf map is refused where the Attribution is built, never drawn as zeros
         warnings = () if torch.any(cam != 0) else (f"{self.name} map at {layer} is all zero",)
         return Attribution(
             method=self.name,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..constraints import param
 from ..errors import ConfigError, unknown
 from ..passes import target_scores
 from ..registry import register
@@ -61,8 +62,8 @@ class ClassModel(ClassScoreMethod):
     steps: int = 30
     lr: float = 0.05
     snapshot_every: int = 3
-    l2_weight: float = 1e-3
-    init: str = "mean"
+    l2_weight: float = param(1e-3, min=0)
+    init: str = param("mean", choices=INITS, kind="start image")
 
     def check_params(self):
         super().check_params()

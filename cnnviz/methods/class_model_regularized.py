@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..constraints import param
 from ..errors import ConfigError, unknown
 from ..registry import register
 from .class_model import INITS, ClassScoreMethod
@@ -35,13 +36,13 @@ class ClassModelRegularized(ClassScoreMethod):
     steps: int = 40
     lr: float = 0.1
     snapshot_every: int = 4
-    decay: float = 0.01
-    blur_every: int = 4
-    blur_sigma: float = 1.0
-    norm_percentile: float = 10.0
-    contribution_percentile: float = 10.0
-    jitter: int = 8
-    init: str = "mean"
+    decay: float = param(0.01, min=0, lt=1)
+    blur_every: int = param(4, min=0)
+    blur_sigma: float = param(1.0, min=0)
+    norm_percentile: float = param(10.0, min=0, lt=100)
+    contribution_percentile: float = param(10.0, min=0, lt=100)
+    jitter: int = param(8, min=0)
+    init: str = param("mean", choices=INITS, kind="start image")
 
     def check_params(self):
         super().check_params()

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from ..attribution import Attribution
+from ..constraints import param
 from ..errors import ConfigError
 from ..hooks import model_state_kept
-from ..maps import to_numpy
+from ..maps import numpy_dtype, to_numpy
 from ..registry import register
 from .. import segmentation as seg
 from .weakly_supervised_segmentation import Sourced, blurred
@@ -44,10 +45,10 @@ class ClassSegmentation(Sourced):
     uses_target = False
     needs_layer = True  # for the default source, gradcam; follows the source per instance
     source: str = "gradcam"
-    top_k: int = 5
-    classes: Optional[list[int]] = None
-    threshold: float = 0.2
-    blur: float = 0.0
+    top_k: int = param(5, min=1)
+    classes: Optional[list[int]] = param(None, min=0)
+    threshold: float = param(0.2, min=0, max=1)
+    blur: float = param(0.0, min=0)
 
     def class_lists(self, logits: torch.Tensor) -> list[list[int]]:
         n = logits.shape[1]
@@ -86,7 +87,7 @@ class ClassSegmentation(Sourced):
             extras["legend"] = seg.LabelLegend(colours, tuple(classes), seg.slot_colors(len(classes)))
             metrics["fraction_background"] = float((slots == 0).mean())
             metrics.update({f"fraction_{c}": float((slots == k + 1).mean()) for k, c in enumerate(classes)})
-        values = np.stack(values).astype(np.float32)
+        values = np.stack(values).astype(numpy_dtype(x))
         return Attribution(
             method=self.name,
             values=np.repeat(values[:, None], x.shape[1], axis=1),

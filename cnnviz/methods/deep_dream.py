@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..constraints import param
 from ..errors import ConfigError
 from ..registry import register
 from .optimization import OptimizationMethod, filter_of, jitter
@@ -45,10 +46,10 @@ class DeepDream(OptimizationMethod):
     steps: int = 10
     lr: float = 0.04
     snapshot_every: int = 2
-    octaves: int = 4
-    octave_scale: float = 1.4
-    jitter: int = 16
-    filter: Optional[int] = None
+    octaves: int = param(4, min=1)
+    octave_scale: float = param(1.4, gt=1)
+    jitter: int = param(16, min=0)
+    filter: Optional[int] = param(None, min=0)
 
     def check_params(self):
         super().check_params()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..constraints import param
 from ..errors import ConfigError
 from ..registry import register
 from .optimization import OptimizationMethod, filter_of, gaussian_blur, jitter, start_image
@@ -33,11 +34,11 @@ class FilterVisualization(OptimizationMethod):
     steps: int = 30
     lr: float = 0.1
     snapshot_every: int = 3
-    filter: int = 0
-    jitter: int = 4
-    decay: float = 0.0
-    blur_every: int = 4
-    blur_sigma: float = 1.0
+    filter: int = param(0, min=0)
+    jitter: int = param(4, min=0)
+    decay: float = param(0.0, min=0, lt=1)
+    blur_every: int = param(4, min=0)
+    blur_sigma: float = param(1.0, min=0)
 
     def check_params(self):
         super().check_params()

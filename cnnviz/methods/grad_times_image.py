@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
-
 from ..attribution import Attribution
+from ..constraints import param
 from ..errors import unknown
 from ..inputspace import stats
-from ..maps import to_numpy
+from ..maps import numpy_dtype, to_numpy
 from ..passes import shared_passes
 from ..registry import register
 from .base import GradientMethod
@@ -37,10 +36,10 @@ SPACES = ("normalized", "pixel")
 @dataclass
 class GradTimesImage(GradientMethod):
     renders = ("color", "gray", "pos_sal", "neg_sal")
-    base: str = "vanilla"
-    space: str = "normalized"
+    base: str = param("vanilla", choices=BASES)
+    space: str = param("normalized", choices=SPACES)
     input_mean: Optional[list[float]] = None
-    input_std: Optional[list[float]] = None
+    input_std: Optional[list[float]] = param(None, gt=0)
 
     def inner(self) -> GradientMethod:
         if self.base not in BASES:
@@ -79,6 +78,6 @@ class GradTimesImage(GradientMethod):
             mean, std = stats(x, self.input_mean, self.input_std)
             values = to_numpy(x * std + mean) * (attr.values / to_numpy(std))
         return Attribution(
-            method=self.name, values=values.astype(np.float32), logits=attr.logits, target=attr.target,
+            method=self.name, values=values.astype(numpy_dtype(x)), logits=attr.logits, target=attr.target,
             params=self.params(), metrics=attr.metrics,
         )

@@ -9,8 +9,6 @@ Example::
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
-
 from ..attribution import Attribution
 from ..passes import shared_passes
 from ..registry import register
@@ -44,7 +42,7 @@ class GuidedGradCAM(Method):
         return [
             Attribution(
                 method=self.name,
-                values=guided.values * cam.upsampled[:, None].astype(np.float32),
+                values=guided.values * cam.upsampled[:, None].astype(guided.values.dtype),
                 logits=cam.logits,
                 target=cam.target,
                 layer=cam.layer,

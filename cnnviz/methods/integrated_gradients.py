@@ -24,6 +24,7 @@ import torch
 import torchvision.transforms.functional as TF
 
 from ..attribution import Attribution
+from ..constraints import param
 from ..errors import ConfigError, unknown
 from ..hooks import model_state_kept
 from ..inputspace import pixel_bounds
@@ -81,14 +82,14 @@ def integrated_gradient(model, x1, x0, target, alphas, weights, batch_size, rule
 class IntegratedGradients(GradientMethod):
     many_passes = True
     renders = ("color", "gray", "pos_sal", "neg_sal")
-    n_steps: int = 50
-    method: str = "gausslegendre"
-    baseline: str = "black"
-    blur_sigma: float = 10.0
-    internal_batch_size: int = 10
-    seed: int = 0
+    n_steps: int = param(50, min=1)
+    method: str = param("gausslegendre", choices=RULES, kind="integration rule")
+    baseline: str = param("black", choices=BASELINES)
+    blur_sigma: float = param(10.0, gt=0)
+    internal_batch_size: int = param(10, min=1)
+    seed: int = param(0, min=0)
     input_mean: Optional[list[float]] = None
-    input_std: Optional[list[float]] = None
+    input_std: Optional[list[float]] = param(None, gt=0)
 
     def check_params(self) -> None:
         if self.method not in RULES:
@@ -97,6 +98,9 @@ class IntegratedGradients(GradientMethod):
             raise unknown("baseline", f"method.{self.name}.baseline", self.baseline, BASELINES)
         if self.n_steps < 1 or self.internal_batch_size < 1:
             raise ConfigError(f"method.{self.name}: n_steps and internal_batch_size must be >= 1")
+        if self.method == "riemann_trapezoid" and self.n_steps < 2:
+            raise ConfigError(f"method.{self.name}.n_steps={self.n_steps}: riemann_trapezoid needs n_steps >= 2 "
+                              "(both ends of the path)")
 
     def concurrent(self) -> bool:
         return self.rule() == ("plain",)

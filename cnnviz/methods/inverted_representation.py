@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..constraints import param
 from ..errors import ConfigError
 from ..registry import register
 from .optimization import OptimizationMethod, start_image
@@ -57,10 +58,10 @@ class InvertedRepresentation(OptimizationMethod):
     lr_decay: float = 0.3
     lr_decay_every: int = 60
     snapshot_every: int = 10
-    alpha: float = 6.0
-    alpha_weight: float = 1e-5
-    beta: float = 2.0
-    tv_weight: float = 0.3
+    alpha: float = param(6.0, gt=0)
+    alpha_weight: float = param(1e-5, min=0)
+    beta: float = param(2.0, gt=0)
+    tv_weight: float = param(0.3, min=0)
 
     def check_params(self):
         super().check_params()

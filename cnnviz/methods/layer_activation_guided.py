@@ -9,6 +9,7 @@ Example::
 from dataclasses import dataclass
 
 from ..attribution import Attribution
+from ..constraints import param
 from ..errors import ConfigError
 from ..hooks import guided_relus
 from ..maps import to_numpy
@@ -23,7 +24,7 @@ class LayerActivationGuided(GradientMethod):
     renders = ("color", "gray", "pos_sal", "neg_sal")
     needs_layer = True
     uses_target = False
-    filter: int = 0
+    filter: int = param(0, min=0)
 
     def check(self, model):
         with guided_relus(model, method=self.name):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..attribution import Attribution
+from ..constraints import param
 from ..maps import fuse_layer_maps
 from ..registry import register
 from .base import CAMMethod
@@ -26,7 +27,7 @@ FUSED = "fused"
 @dataclass
 class LayerCAM(CAMMethod):
     fuse: bool = False
-    gamma: float = 2.0
+    gamma: float = param(2.0, gt=0)
 
     def combine(self, activations, gradients):
         return (gradients.clamp(min=0) * activations).sum(dim=1)

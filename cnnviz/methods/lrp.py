@@ -1,7 +1,7 @@
 """Layer-wise relevance propagation (Bach et al. 2015, PLoS ONE; Montavon et al. 2019, "LRP: An
 Overview"), with the layer rules
 
-    LRP-ε:   R_i = Σ_j a_i w_ij / (z_j + ε·sign z_j) · R_j
+    LRP-ε:   R_i = Σ_j a_i w_ij / (z_j + ε·sign z_j) · R_j,   sign(0) = +1
     LRP-γ:   R_i = Σ_j a_i (w_ij + γ w⁺_ij) / Σ_i' a_i' (w_i'j + γ w⁺_i'j) · R_j
     LRP-z⁺ (= α1β0):  as γ → ∞, positive weights only
     zᴮ:      the input layer, for inputs bounded by the pixel range (see ``relevance.zb_relevance``)
@@ -9,11 +9,17 @@ Overview"), with the layer rules
 ``rule: composite`` (default, Montavon et al. 2019 §10.3): zᴮ at the first layer, γ at the lower
 ``gamma_fraction`` of the convolutions, ε at the upper convolutions and the dense layers. Other
 presets apply one rule everywhere (``epsilon``, ``gamma``, ``zplus``, ``zero`` = LRP-0), with
-``first_layer: zb | same``. The relevance starts as the target logit. BatchNorm is folded into the
-preceding convolution; skip connections split relevance in proportion to their summands; the model
-runs in eval mode on a private copy. A layer type without a rule is refused, naming it.
-The row records ``relevance_sum`` and ``conservation_gap`` = |Σ R − y_c| / |y_c| (biases and ε
-absorb some relevance, so the gap is not zero in general).
+``first_layer: zb | same``. The relevance starts as the target logit.
+
+The ε actually used depends on ``epsilon_mode``: ``relative`` (default) takes ε · std(z) of the
+layer's output z, per image, so one ``epsilon`` suits layers of any scale (Montavon et al. 2019
+use 0.25 std), floored at 1e-9 so that a constant output (an all-zero input) gives zero relevance,
+not 0/0; ``absolute`` takes ``epsilon`` as it is, the paper's rule.
+
+BatchNorm is folded into the preceding convolution; skip connections split relevance in proportion
+to their summands; the model runs in eval mode on a private copy. A layer type without a rule is
+refused, naming it. The row records ``relevance_sum`` and ``conservation_gap`` = |Σ R − y_c| / |y_c|
+(biases and ε absorb some relevance, so the gap is not zero in general).
 
 Example::
 
@@ -25,16 +31,17 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Optional
 
-import numpy as np
 import torch
 
 from ..attribution import Attribution
+from ..constraints import param
 from ..errors import ConfigError, unknown
 from ..inputspace import pixel_bounds
 from ..maps import to_numpy
 from ..passes import gradient_pass
 from ..registry import register
-from ..relevance import LINEAR, check_supported, fold_batchnorms, layer_input, private_copy, relevance_rules, zb_relevance
+from ..relevance import (EPSILON_MODES, LINEAR, check_supported, fold_batchnorms, layer_input, private_copy,
+                         relevance_rules, zb_relevance)
 from .base import Method
 
 RULES = ("composite", "epsilon", "gamma", "zplus", "zero")
@@ -45,13 +52,14 @@ FIRST = ("zb", "same")
 @dataclass
 class LRP(Method):
     renders = ("lrp_heatmap", "color", "gray", "pos_sal", "neg_sal")
-    rule: str = "composite"
-    epsilon: float = 0.25
-    gamma: float = 0.25
-    gamma_fraction: float = 0.5
-    first_layer: str = "zb"
+    rule: str = param("composite", choices=RULES)
+    epsilon: float = param(0.25, min=0)
+    epsilon_mode: str = param("relative", choices=EPSILON_MODES, kind="epsilon mode")
+    gamma: float = param(0.25, min=0)
+    gamma_fraction: float = param(0.5, min=0, max=1)
+    first_layer: str = param("zb", choices=FIRST, kind="first layer rule")
     input_mean: Optional[list[float]] = None
-    input_std: Optional[list[float]] = None
+    input_std: Optional[list[float]] = param(None, gt=0)
 
     def layer_rules(self, model) -> tuple[Optional[str], dict[str, str]]:
         """The input layer (if zᴮ) and the rule of every other linear layer."""
@@ -59,6 +67,8 @@ class LRP(Method):
             raise unknown("rule", "method.lrp.rule", self.rule, RULES)
         if self.first_layer not in FIRST:
             raise unknown("first layer rule", "method.lrp.first_layer", self.first_layer, FIRST)
+        if self.epsilon_mode not in EPSILON_MODES:
+            raise unknown("epsilon mode", "method.lrp.epsilon_mode", self.epsilon_mode, EPSILON_MODES)
         layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LINEAR)]
         if not layers:
             raise ConfigError("lrp needs convolution or linear layers; the model has none")
@@ -94,7 +104,7 @@ class LRP(Method):
         with ExitStack() as stack:
             seen = stack.enter_context(layer_input(modules[first])) if first else []
             p = gradient_pass(net, x, target, layers=[first] if first else [], input_gradient=first is None,
-                              rule=relevance_rules(net, rules, self.epsilon, self.gamma))
+                              rule=relevance_rules(net, rules, self.epsilon, self.gamma, self.epsilon_mode))
         if first is None:
             relevance = x * p.input_gradient
         else:
@@ -111,6 +121,6 @@ class LRP(Method):
         if score is not None:
             metrics["conservation_gap"] = float((total[0] - score[0]).abs() / score[0].abs().clamp(min=1e-12))
         return Attribution(
-            method=self.name, values=to_numpy(relevance).astype(np.float32), logits=to_numpy(p.logits), target=p.target,
+            method=self.name, values=to_numpy(relevance), logits=to_numpy(p.logits), target=p.target,
             params=self.params(), metrics=metrics,
         )

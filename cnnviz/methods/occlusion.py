@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attribution import Attribution
+from ..attribution import Attribution, check_logits
+from ..constraints import param
 from ..errors import ConfigError
 from ..hooks import model_state_kept
 from ..incremental import IncrementalOcclusion
 from ..fastpath import forward_fn, instrumented
-from ..maps import to_numpy
+from ..maps import result_dtype, to_numpy
 from ..passes import target_scores
 from ..registry import register
 from ..targets import class_indices
@@ -46,10 +47,10 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 class Occlusion(GradientMethod):
     many_passes = True
     renders = ("color", "gray", "pos_sal", "neg_sal")
-    window: int = 15
-    stride: int = 8
+    window: int = param(15, min=1)
+    stride: int = param(8, min=1)
     baseline: float = 0.0
-    perturbations_per_eval: int = 16
+    perturbations_per_eval: int = param(16, min=1)
     incremental: bool = True
 
     def attribute(self, model, x, target, layer):
@@ -63,6 +64,7 @@ class Occlusion(GradientMethod):
         net, forward = forward_fn(model, x)
         with model_state_kept(net), torch.inference_mode():
             logits = forward(x)
+            check_logits(logits, self.name)  # before the score drops, which NaN would make meaningless
             idx = class_indices(target, logits)
             for b in range(x.shape[0]):
                 which = [] if idx is None else [int(idx[b])]
@@ -91,7 +93,7 @@ class Occlusion(GradientMethod):
                         total[i:i + self.window, j:j + self.window] += drops[n]
                         count[i:i + self.window, j:j + self.window] += 1
                 values = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
-                out.append(values.float().expand(x.shape[1], H, W))
+                out.append(values.to(result_dtype(x)).expand(x.shape[1], H, W))
         return Attribution(
             method=self.name,
             values=to_numpy(torch.stack(out)),

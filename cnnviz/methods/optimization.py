@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..attribution import Attribution
+from ..constraints import param
 from ..errors import ConfigError, unknown
 from ..hooks import model_state_kept, removing
 from ..inputspace import stats
@@ -193,16 +194,16 @@ class OptimizationMethod(Method):
     renders: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ("png:final", "strip:snapshots", "gif:snapshots", "csv:loss", "plot:loss")
 
-    steps: int = 100
-    lr: float = 0.1
-    optimizer: str = "adam"
-    momentum: float = 0.0
-    lr_decay: float = 1.0
-    lr_decay_every: int = 0
-    snapshot_every: int = 10
-    seed: int = 0
+    steps: int = param(100, min=1)
+    lr: float = param(0.1, gt=0)
+    optimizer: str = param("adam", choices=OPTIMIZERS)
+    momentum: float = param(0.0, min=0)
+    lr_decay: float = param(1.0, gt=0, max=1)
+    lr_decay_every: int = param(0, min=0)
+    snapshot_every: int = param(10, min=1)
+    seed: int = param(0, min=0)
     input_mean: Optional[list[float]] = None
-    input_std: Optional[list[float]] = None
+    input_std: Optional[list[float]] = param(None, gt=0)
 
     # -- configuration
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..constraints import param
 from ..errors import ConfigError
 from ..hooks import model_state_kept
 from ..fastpath import forward_fn
@@ -29,7 +30,7 @@ from .base import CAMMethod
 class ScoreCAM(CAMMethod):
     many_passes = True
     uses_gradients = False
-    batch_size: int = 16
+    batch_size: int = param(16, min=1)
 
     def layer_map(self, model, x, p, layer, target):
         if self.batch_size < 1:

@@ -6,7 +6,9 @@
 
 ``inner`` names the wrapped technique (``vanilla_backprop``, ``guided_backprop``, ``deconvnet``,
 ``grad_times_image``, ``integrated_gradients`` …) and ``inner_params`` its hyperparameters. Noisy
-copies are evaluated ``batch_size`` at a time, from a generator seeded with ``seed``.
+copies are evaluated ``batch_size`` at a time, from a generator seeded with ``seed``. σ is relative
+to the image's range: on a constant image it is 0, every copy is the image itself and the result is
+the inner technique's plain map; the Attribution then carries a warning saying so.
 
 Example::
 
@@ -21,11 +23,12 @@ from typing import Any, Iterator, Optional
 import torch
 
 from ..attribution import Attribution
+from ..constraints import param
 from ..errors import ConfigError, unknown
 from ..hooks import model_state_kept
 from ..fastpath import forward_fn
-from ..maps import to_numpy
-from ..registry import get_method, register
+from ..maps import result_dtype, to_numpy
+from ..registry import get_method, list_methods, register
 from ..streams import in_order, per_stream, stream_count
 from ..targets import class_indices
 from .base import GradientMethod, Method
@@ -38,15 +41,16 @@ VARIANTS = ("mean", "sq", "var")
 class SmoothGrad(Method):
     many_passes = True
     renders = ("color", "gray", "pos_sal", "neg_sal")
-    inner: str = "vanilla_backprop"
+    #: a registered technique; one that is not a gradient technique is refused by ``check``
+    inner: str = param("vanilla_backprop", choices=list_methods, kind="method")
     inner_params: dict[str, Any] = field(default_factory=dict)
-    n_samples: int = 50
-    noise_level: float = 0.15
-    variant: str = "mean"
-    batch_size: int = 10
-    seed: int = 0
+    n_samples: int = param(50, min=1)
+    noise_level: float = param(0.15, min=0)
+    variant: str = param("mean", choices=VARIANTS)
+    batch_size: int = param(10, min=1)
+    seed: int = param(0, min=0)
     input_mean: Optional[list[float]] = None
-    input_std: Optional[list[float]] = None
+    input_std: Optional[list[float]] = param(None, gt=0)
 
     def inner_method(self) -> GradientMethod:
         cls = get_method(self.inner)
@@ -90,6 +94,7 @@ class SmoothGrad(Method):
         streams = stream_count(model, x) if isinstance(inner, GradientMethod) and inner.concurrent() else 1
         size = per_stream(self.batch_size, streams)
         out = []
+        flat = [b for b in range(x.shape[0]) if self.noise_level != 0 and float(x[b].max() - x[b].min()) == 0]
         for b in range(x.shape[0]):
             xb = x[b:b + 1]
 
@@ -107,8 +112,18 @@ class SmoothGrad(Method):
             out.append({"mean": mean, "sq": mean_sq, "var": mean_sq - mean.pow(2)}[self.variant])
         return Attribution(
             method=self.name,
-            values=torch.cat(out).float().numpy(),
+            values=torch.cat(out).to(result_dtype(x)).numpy(),
             logits=to_numpy(logits),
             target=() if idx is None else tuple(int(i) for i in idx),
             params=self.params(),
+            warnings=self.constant_image_warning(flat, x.shape[0]),
         )
+
+    def constant_image_warning(self, flat: list[int], batch: int) -> tuple[str, ...]:
+        """Why a map equals the inner technique's plain map: the images ``flat`` were constant."""
+        if not flat:
+            return ()
+        which = "the image is" if batch == 1 else f"image {', '.join(map(str, flat))} of the batch {'is' if len(flat) == 1 else 'are'}"
+        return (f"{self.name}: {which} constant (max - min = 0), so the noise σ = noise_level · (max - min) was 0 and "
+                f"the result is the plain {self.inner} map of {self.n_samples} identical copies; explain an image "
+                "with some contrast, or use the inner technique directly for the same map faster",)

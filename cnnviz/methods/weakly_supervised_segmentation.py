@@ -32,6 +32,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..attribution import Attribution
+from ..constraints import param
 from ..errors import ConfigError, unknown
 from ..registry import get_method, list_methods, register
 from .. import segmentation as seg
@@ -70,7 +71,8 @@ def blurred(maps: np.ndarray, sigma: float) -> np.ndarray:
         return maps
     import cv2
 
-    return np.stack([cv2.GaussianBlur(np.ascontiguousarray(m, dtype=np.float32), (0, 0), float(sigma)) for m in maps])
+    dtype = np.float64 if maps.dtype == np.float64 else np.float32  # the input's precision (maps.result_dtype)
+    return np.stack([cv2.GaussianBlur(np.ascontiguousarray(m, dtype=dtype), (0, 0), float(sigma)) for m in maps])
 
 
 @dataclass
@@ -81,9 +83,10 @@ class Sourced(Method):
     source: str = "vanilla_backprop"
     source_params: dict[str, Any] = field(default_factory=dict)
     input_mean: Optional[list[float]] = None
-    input_std: Optional[list[float]] = None
+    input_std: Optional[list[float]] = param(None, gt=0)
 
     def __post_init__(self):
+        super().__post_init__()
         # a CAM source needs a layer: the runner then asks for one as for the CAM itself
         self.needs_layer = self.source_method().needs_layer
 
@@ -99,11 +102,14 @@ class Sourced(Method):
 class WeaklySupervisedSegmentation(Sourced):
     renders = ("gray",)
     writes = ("png:overlay", "png:mask", "png:box", "png:seeds")
-    q_fg: float = 0.95
-    q_bg: float = 0.30
-    blur: float = 6.0
-    iterations: int = 5
-    seed: int = 0
+    q_fg: float = param(0.95, min=0, max=1)
+    q_bg: float = param(0.30, min=0, max=1)
+    blur: float = param(6.0, min=0)
+    iterations: int = param(5, min=1)
+    seed: int = param(0, min=0)
+
+    def check_params(self):
+        seg.check_quantiles(self.q_fg, self.q_bg, f"method.{self.name}")
 
     def check(self, model):
         seg.check_quantiles(self.q_fg, self.q_bg, f"method.{self.name}")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..constraints import check_fields
 from ..registry import Registry
 
 
@@ -69,11 +70,17 @@ class Metric:
     #: True: larger values are better (used to rank in the summary)
     higher_is_better: ClassVar[dict[str, bool]] = {}
 
+    def __post_init__(self) -> None:
+        # the library API refuses what the runner refuses, under the same config key
+        check_fields(self, f"metrics.{self.name or type(self).__name__}")
+        self.check()
+
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        """Raise ``ConfigError`` for options that cannot work, before any work is done."""
+        """Raise ``ConfigError`` for options that cannot work together, before any work is done;
+        each field's own range or choices are declared with ``constraints.param``."""
 
     def __call__(self, sample: Sample) -> MetricResult:
         raise NotImplementedError

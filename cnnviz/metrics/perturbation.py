@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
+from ..constraints import param
 from ..errors import ConfigError, unknown
 from ..inputspace import pixel_bounds
 from .base import Metric, MetricResult, Sample, saliency
@@ -92,15 +93,15 @@ class PerturbationMetric(Metric):
     """Shared options of deletion and insertion."""
 
     mode: ClassVar[str] = ""
-    steps: int = 50
-    substrate: str = "blur"
-    blur_sigma: float = 5.0
-    batch_size: int = 16
+    steps: int = param(50, min=1)
+    substrate: str = param("blur", choices=SUBSTRATES)
+    blur_sigma: float = param(5.0, gt=0)
+    batch_size: int = param(16, min=1)
     #: how an input-space map (C, H, W) becomes one value per pixel, see ``base.saliency``
-    reduce: str = "abs"
-    seed: int = 0
+    reduce: str = param("abs", choices=REDUCE, kind="reduction")
+    seed: int = param(0, min=0)
     input_mean: Optional[list[float]] = None
-    input_std: Optional[list[float]] = None
+    input_std: Optional[list[float]] = param(None, gt=0)
 
     def check(self) -> None:
         if self.substrate not in SUBSTRATES:

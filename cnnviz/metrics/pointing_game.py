@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..constraints import param
 from ..errors import ConfigError
 from .base import Metric, MetricResult, Sample, register_metric, saliency
 
@@ -49,9 +50,9 @@ class PointingGame(Metric):
     columns = ("pointing_game",)
     higher_is_better = {"pointing_game": True}
     #: input pixels
-    tolerance: float = 15.0
+    tolerance: float = param(15.0, min=0)
     #: how an input-space map (C, H, W) becomes one value per pixel, see ``base.saliency``
-    reduce: str = "abs"
+    reduce: str = param("abs", choices=("abs", "signed"), kind="reduction")
 
     def check(self) -> None:
         if self.tolerance < 0:

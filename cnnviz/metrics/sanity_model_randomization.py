@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..constraints import param
 from ..errors import ConfigError
 from .base import Metric, MetricResult, Sample, register_metric, saliency
 
@@ -108,11 +109,11 @@ class SanityModelRandomization(Metric):
     columns = ("sanity_spearman", "sanity_ssim")
     higher_is_better = {"sanity_spearman": False, "sanity_ssim": False}
     writes = ("csv:sanity_curve", "plot:sanity_curve")
-    seed: int = 0
+    seed: int = param(0, min=0)
     #: false: one recompute, on the fully randomised model; true: one after each cascade step
     curve: bool = False
     #: cascade steps for the curve (equal groups of modules); null: one step per module
-    steps: Optional[int] = None
+    steps: Optional[int] = param(None, min=1)
 
     def check(self) -> None:
         if self.steps is not None and self.steps < 1:
