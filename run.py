@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cnnviz.cli import entry, task
+from cnnviz.app.cli import entry, task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

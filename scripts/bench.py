@@ -52,9 +52,12 @@ from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from cnnviz import fastpath, get_method, memory, streams  # noqa: E402
-from cnnviz.explain import compute, compute_group  # noqa: E402
-from cnnviz.models import efficientnet_lite0, torchvision_model  # noqa: E402
+from cnnviz import get_method
+from cnnviz.speed import fastpath
+from cnnviz.speed import memory
+from cnnviz.speed import streams  # noqa: E402
+from cnnviz.api import compute, compute_group  # noqa: E402
+from cnnviz.models.loaders import efficientnet_lite0, torchvision_model  # noqa: E402
 
 TARGET = 243
 COLD_S = 5.0  # items whose first run is longer than this are not warmed up
@@ -243,7 +246,7 @@ def preset_streams(model: str) -> int:
     """``model.streams`` of the model's preset (conf/model/<name>.yaml): what ``python run.py`` runs with."""
     from omegaconf import OmegaConf
 
-    from cnnviz.config import ModelConfig
+    from cnnviz.app.schema import ModelConfig
 
     return int(OmegaConf.load(ROOT / "conf" / "model" / f"{model}.yaml").get("streams", ModelConfig.streams))
 
@@ -255,7 +258,7 @@ def in_streams(model: str) -> str:
 
 def one_thread(fn):
     """``fn`` run with one intra-op thread: the arithmetic of each cnnviz stream where the preset asks for
-    two (``cnnviz.streams``); oneDNN's convolutions round differently with one thread than with two."""
+    two (``cnnviz.speed.streams``); oneDNN's convolutions round differently with one thread than with two."""
     def run():
         before = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -863,9 +866,9 @@ def classic_gallery(b: Bench, repeats: int) -> list[dict]:
 
     from hydra import compose, initialize_config_dir
 
-    from cnnviz import plan as plan_module
-    from cnnviz.config import register_configs
-    from cnnviz.runner import run
+    from cnnviz.app import plan as plan_module
+    from cnnviz.app.schema import register_configs
+    from cnnviz.app.runner import run
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -927,10 +930,10 @@ def main() -> None:
                     help="efficientnet_lite0 layer for the Score-CAM rows (default bn2, 1280 channels)")
     ap.add_argument("--exact", action="store_true",
                     help="run cnnviz on the models as given, without its BatchNorm-folded channels-last copy "
-                         "(cnnviz.fastpath); the peers always run the models as given")
+                         "(cnnviz.speed.fastpath); the peers always run the models as given")
     args = ap.parse_args()
     if args.exact:
-        from cnnviz import fastpath
+        from cnnviz.speed import fastpath
 
         fastpath.set_enabled(False)
     if args.repeats is None:

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cnnviz import get_method, list_methods  # noqa: E402
-from cnnviz.explain import compute  # noqa: E402
-from cnnviz.models import efficientnet_lite0, torchvision_model  # noqa: E402
+from cnnviz.api import compute  # noqa: E402
+from cnnviz.models.loaders import efficientnet_lite0, torchvision_model  # noqa: E402
 
 MODELS = {  # name -> (loader, default layer, normalisation)
     "efficientnet_lite0": (efficientnet_lite0, "bn2", [0.5] * 3, [0.5] * 3),

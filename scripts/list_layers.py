@@ -6,9 +6,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cnnviz.config import register_configs  # noqa: E402
-from cnnviz.hooks import model_state_kept, removing  # noqa: E402
-from cnnviz.plan import load_model  # noqa: E402
+from cnnviz.app.schema import register_configs  # noqa: E402
+from cnnviz.core.hooks import model_state_kept, removing  # noqa: E402
+from cnnviz.app.plan import load_model  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cnnviz.summary import printable, write_summary  # noqa: E402
-from cnnviz.sweep import job_manifests, merge  # noqa: E402
+from cnnviz.output.summary import printable, write_summary  # noqa: E402
+from cnnviz.app.sweep import job_manifests, merge  # noqa: E402
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():

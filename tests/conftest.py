@@ -37,7 +37,7 @@ def _isolated_cache(image_cache, monkeypatch):
 def _one_stream():
     """Each test starts with the library's default of one stream: a plan built for vgg19 asks for
     two (model.streams), and that setting would otherwise outlive its test."""
-    from cnnviz import streams
+    from cnnviz.speed import streams
 
     with streams.using(1):
         yield

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz import Attribution, ConfigError, get_method, list_methods
-from cnnviz.maps import fuse_layer_maps
+from cnnviz.core.maps import fuse_layer_maps
 from conftest import hook_count, run_cli, torch_threads
 
 CAM_METHODS = [n for n in list_methods() if get_method(n).kind == "cam"]

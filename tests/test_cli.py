@@ -63,7 +63,7 @@ def test_gradcam_spider_writes_files_manifest_and_env(spider_run):
 
 
 def test_git_state_from_one_status_call_equals_rev_parse_and_porcelain():
-    from cnnviz.envinfo import _git, _git_state
+    from cnnviz.output.envinfo import _git, _git_state
 
     commit = _git("rev-parse", "HEAD")
     if commit is None:

@@ -11,12 +11,12 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cnnviz import plan
-from cnnviz.choices import unknown_choices
-from cnnviz.config import register_configs
-from cnnviz.errors import ConfigError
-from cnnviz.plan import build_methods, parse_targets, resolve_device
-from cnnviz.registry import get_method
+from cnnviz.app import plan
+from cnnviz.app.choices import unknown_choices
+from cnnviz.app.schema import register_configs
+from cnnviz.core.errors import ConfigError
+from cnnviz.app.plan import build_methods, parse_targets, resolve_device
+from cnnviz.core.registry import get_method
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "image", "method", "experiment")
@@ -141,7 +141,7 @@ def test_appended_typo_key_is_rejected_before_any_work(monkeypatch):
 def test_model_weights_null_composes():
     cfg = compose_cfg(["model.weights=null"])
     assert cfg.model.weights is None
-    assert cfg.model._target_ == "cnnviz.models.efficientnet_lite0"
+    assert cfg.model._target_ == "cnnviz.models.loaders.efficientnet_lite0"
 
 
 def test_hydra_does_not_change_directory():
@@ -154,7 +154,7 @@ def test_hydra_does_not_change_directory():
 
 def test_defaults():
     cfg = compose_cfg()
-    assert cfg.model._target_ == "cnnviz.models.efficientnet_lite0"
+    assert cfg.model._target_ == "cnnviz.models.loaders.efficientnet_lite0"
     assert cfg.model.arch == "tf_efficientnet_lite0"
     assert cfg.model.weights == "embedded"
     assert cfg.model.default_layer == "bn2"

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz import fastpath, get_method
-from cnnviz.fastpath import exact, fast_model
-from cnnviz.passes import gradient_pass
+from cnnviz import get_method
+from cnnviz.speed import fastpath
+from cnnviz.speed.fastpath import exact, fast_model
+from cnnviz.core.passes import gradient_pass
 
 
 class ConvBN(nn.Module):
@@ -126,7 +127,7 @@ def test_instrumented_model_runs_as_given():
 def test_fast_copy_config_key_switches_the_copy(flag):
     from test_config import compose_cfg
 
-    from cnnviz.plan import build_plan
+    from cnnviz.app.plan import build_plan
 
     plan = build_plan(compose_cfg([f"fast_copy={str(flag).lower()}", "method=vanilla_backprop"]))
     try:

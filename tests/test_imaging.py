@@ -1,4 +1,4 @@
-"""cnnviz.imaging: reading any Pillow mode as RGB, refusing bad files, the preset cache, image
+"""cnnviz.data.images: reading any Pillow mode as RGB, refusing bad files, the preset cache, image
 sources from config, and preprocessing into model inputs."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageFile
 
-from cnnviz import imaging
-from cnnviz.config import ImageConfig, PreprocessConfig
-from cnnviz.errors import ConfigError
-from cnnviz.imaging import (
+from cnnviz.data import images as imaging
+from cnnviz.app.schema import ImageConfig, PreprocessConfig
+from cnnviz.core.errors import ConfigError
+from cnnviz.data.images import (
     ImageSource,
     fetch_preset,
     preprocess,

@@ -1,4 +1,4 @@
-"""Incremental occlusion (cnnviz.incremental) gives the scores of full forwards, and steps aside
+"""Incremental occlusion (cnnviz.methods._occlusion_incremental) gives the scores of full forwards, and steps aside
 where it cannot."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnnviz import get_method
-from cnnviz.incremental import IncrementalOcclusion
+from cnnviz.methods._occlusion_incremental import IncrementalOcclusion
 from cnnviz.methods.occlusion import window_starts
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cnnviz.manifest import COLUMNS, Manifest
+from cnnviz.output.manifest import COLUMNS, Manifest
 
 
 def row(image="a", layer="l1", **extra):
@@ -37,7 +37,7 @@ def test_same_key_replaces_the_row_and_moves_it_last(tmp_path):
 
 def test_reopening_keeps_rows_and_completed_checks_the_files(tmp_path):
     (tmp_path / "x.png").write_bytes(b"png")
-    from cnnviz.files import file_sha256
+    from cnnviz.output.files import file_sha256
 
     m = Manifest(tmp_path / "manifest.csv")
     m.add(row(file_png="x.png", sha256_png=file_sha256(tmp_path / "x.png")))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from cnnviz import memory
+from cnnviz.speed import memory
 from cnnviz.methods import base
-from cnnviz.registry import get_method
+from cnnviz.core.registry import get_method
 
 from conftest import TinyCNN
 
@@ -101,9 +101,9 @@ def test_settle_fixes_the_thresholds_where_a_block_leaves_them():
 
 @needs_glibc
 def test_a_thread_started_after_import_takes_blocks_above_64_mb_from_the_heap_inside():
-    """``cnnviz.streams`` has later threads share malloc's arenas: an arena of the thread's own grows in
+    """``cnnviz.speed.streams`` has later threads share malloc's arenas: an arena of the thread's own grows in
     heaps of at most 64 MB, so a larger block would be mmap'ed (and faulted in) on every batch."""
-    importlib.import_module("cnnviz.streams")  # what sets it (imported with cnnviz anyway)
+    importlib.import_module("cnnviz.speed.streams")  # what sets it (imported with cnnviz anyway)
 
     size = 96 << 20
     grew = []

@@ -171,7 +171,7 @@ def test_guided_backprop_matches_float64_reference(act):
 
 @pytest.fixture(scope="module")
 def lite0() -> nn.Module:
-    from cnnviz.models import efficientnet_lite0
+    from cnnviz.models.loaders import efficientnet_lite0
 
     return efficientnet_lite0().module
 

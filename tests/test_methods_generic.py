@@ -239,7 +239,7 @@ def test_input_must_be_4d(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_render_kinds_are_known_renderers(name):
-    from cnnviz.render import RENDERERS
+    from cnnviz.output.render import RENDERERS
 
     cls = get_method(name)
     assert (cls.renders or cls.writes) and set(cls.renders) <= set(RENDERERS)
@@ -249,7 +249,7 @@ def test_render_kinds_are_known_renderers(name):
 
 @pytest.mark.parametrize("name", [n for n in METHODS if get_method(n).writes])
 def test_declared_outputs_are_in_the_extras_and_encode(name):
-    from cnnviz.outputs import extra_files, parse
+    from cnnviz.output.writers import extra_files, parse
 
     cls = get_method(name)
     attr = run(name, TinyCNN(), inputs())

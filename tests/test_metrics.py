@@ -18,14 +18,14 @@ from PIL import Image
 from torch import nn
 
 from cnnviz import ConfigError
-from cnnviz.config import register_configs
-from cnnviz.imaging import box_to_input, preprocess
+from cnnviz.app.schema import register_configs
+from cnnviz.data.images import box_to_input, preprocess
 from cnnviz.metrics import evaluate, get_metric, list_metrics
 from cnnviz.metrics.completeness import completeness
 from cnnviz.metrics.perturbation import auc, make_substrate, perturbation_curve
 from cnnviz.metrics.pointing_game import box_mask, pointing_game
 from cnnviz.metrics.sanity_model_randomization import model_randomization
-from cnnviz.summary import summarize
+from cnnviz.output.summary import summarize
 from conftest import ROOT, TinyCNN, run_cli, tiny_method
 
 CONF = ROOT / "conf"
@@ -264,7 +264,7 @@ def test_summary_ranks_methods_and_layers_by_insertion_minus_deletion():
 
 
 def test_gallery_caption_shows_the_metrics():
-    from cnnviz.gallery import caption
+    from cnnviz.output.gallery import caption
 
     row = hand_made_manifest().iloc[0]
     assert "deletion auc 0.100" in caption(row) and "insertion auc 0.900" in caption(row)
@@ -289,8 +289,8 @@ def test_metric_configs_match_the_registry_and_the_options():
 
 
 def test_unknown_metric_name_or_option_is_a_config_error():
-    from cnnviz.choices import unknown_choices
-    from cnnviz.plan import build_metrics
+    from cnnviz.app.choices import unknown_choices
+    from cnnviz.app.plan import build_metrics
 
     with pytest.raises(ConfigError, match=r"unknown metric 'delet' \(metrics\); close matches: deletion"):
         build_metrics(OmegaConf.create({"delet": {}}), [0.5] * 3, [0.5] * 3)
@@ -306,7 +306,7 @@ def test_unknown_metric_name_or_option_is_a_config_error():
 
 
 def test_image_box_must_be_four_ordered_numbers():
-    from cnnviz.plan import image_box
+    from cnnviz.app.plan import image_box
 
     assert image_box("coffee", [1, 2, 30, 40]) == (1.0, 2.0, 30.0, 40.0) and image_box("coffee", None) is None
     with pytest.raises(ConfigError, match=r"image\.coffee\.box must be \[x0, y0, x1, y1\]"):
@@ -356,7 +356,7 @@ def test_resume_computes_metrics_switched_on_later(metrics_run, tmp_path, caplog
     and replaces its row; resuming with a subset of the metrics done computes nothing."""
     import shutil
 
-    from cnnviz.runner import run
+    from cnnviz.app.runner import run
 
     folder = tmp_path / "run"
     shutil.copytree(metrics_run, folder)

@@ -1,4 +1,4 @@
-"""cnnviz.models: the embedded efficientnet_lite0 weights, torchvision loaders offline, and
+"""cnnviz.models.loaders: the embedded efficientnet_lite0 weights, torchvision loaders offline, and
 checkpoint files read with weights_only=True."""
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import torch
 import torchvision.models as tvm
 from hydra import compose, initialize_config_dir
 
-from cnnviz.config import register_configs
-from cnnviz.errors import ConfigError
-from cnnviz.imaging import preprocess, read_image, read_skimage
-from cnnviz.models import checkpoint_model, efficientnet_lite0, torchvision_model
+from cnnviz.app.schema import register_configs
+from cnnviz.core.errors import ConfigError
+from cnnviz.data.images import preprocess, read_image, read_skimage
+from cnnviz.models.loaders import checkpoint_model, efficientnet_lite0, torchvision_model
 
 from conftest import SHARED_IMAGES, needs_shared_images
 

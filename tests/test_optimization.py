@@ -22,15 +22,15 @@ TECHNIQUES = ["class_model", "class_model_regularized", "inverted_representation
 
 @pytest.fixture(scope="module")
 def lite0():
-    from cnnviz.models import efficientnet_lite0
+    from cnnviz.models.loaders import efficientnet_lite0
 
     return efficientnet_lite0().module
 
 
 @pytest.fixture(scope="module")
 def chelsea():
-    from cnnviz.explain import Preprocess
-    from cnnviz.imaging import preprocess, read_skimage
+    from cnnviz.api import Preprocess
+    from cnnviz.data.images import preprocess, read_skimage
 
     x, _ = preprocess(read_skimage("chelsea")[0], Preprocess(mean=(0.5,) * 3, std=(0.5,) * 3))
     return x

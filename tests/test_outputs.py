@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cnnviz.outputs import extra_files, parse
-from cnnviz.render import curve_plot, image_strip
+from cnnviz.output.writers import extra_files, parse
+from cnnviz.output.render import curve_plot, image_strip
 
 
 def frames(t=5, h=6, w=4, step=40):
@@ -50,7 +50,7 @@ def test_absent_extra_is_skipped_and_a_bad_spec_names_the_writers():
 @pytest.mark.parametrize("deflate", ["default", "zlib"])
 @pytest.mark.parametrize("shape", [(7, 5), (7, 5, 3), (7, 5, 4), (1, 1, 3), (224, 224, 3)])
 def test_png_decodes_to_the_same_pixels(shape, deflate, monkeypatch):
-    from cnnviz import files
+    from cnnviz.output import files
 
     if deflate == "zlib":  # the fallback where ISA-L is not installed
         monkeypatch.setattr(files, "deflate", files._zlib_rle)
@@ -63,7 +63,7 @@ def test_png_decodes_to_the_same_pixels(shape, deflate, monkeypatch):
 
 
 def test_png_of_other_arrays_goes_through_pillow():
-    from cnnviz.files import png_bytes
+    from cnnviz.output.files import png_bytes
 
     mask = np.zeros((4, 6), bool)
     mask[1:3, 2:5] = True

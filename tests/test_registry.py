@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from cnnviz import ConfigError, get_method, list_methods, register
-from cnnviz.registry import _REGISTRY
+from cnnviz.core.registry import _REGISTRY
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from matplotlib import colormaps
 
-from cnnviz import render
+from cnnviz.output import render
 
 H, W = 6, 7
 

@@ -13,10 +13,10 @@ from PIL import Image
 from torch import nn
 
 from cnnviz import ConfigError, explain, get_method
-from cnnviz import segmentation as seg
-from cnnviz.explain import Preprocess
-from cnnviz.imaging import box_to_original, preprocess
-from cnnviz.segmentation_models import (
+from cnnviz.methods import _segmentation_ops as seg
+from cnnviz.api import Preprocess
+from cnnviz.data.images import box_to_original, preprocess
+from cnnviz.models.segmentation import (
     Region,
     RegionLogits,
     apply_region,
@@ -24,7 +24,7 @@ from cnnviz.segmentation_models import (
     split_region_target,
     torchvision_segmentation,
 )
-from cnnviz.trust import model_loader
+from cnnviz.models.registry import model_loader
 from conftest import hook_count, run_cli
 
 PIXELS = Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3)  # the tiny models read pixels in [0, 1]
@@ -397,7 +397,7 @@ class TinySegBN(TinySeg):
 def tiny_segmentation_model(seed: int = 0):
     """A loader for ``model._target_`` (registered: cnnviz builds no other callable by name): TinySegBN
     wrapped as ``model=torchvision_segmentation`` does."""
-    from cnnviz.models import LoadedModel
+    from cnnviz.models.loaders import LoadedModel
 
     return LoadedModel(RegionLogits(TinySegBN()), "tiny_seg", "random", None, ["bg", "a", "b"])
 
@@ -407,11 +407,11 @@ def test_successive_plans_with_other_regions_on_the_cached_model():
     cached by model identity (the fast path's BatchNorm-folded copy) carries a region into the next."""
     from hydra import compose, initialize_config_dir
 
-    from cnnviz import fastpath
-    from cnnviz.config import register_configs
-    from cnnviz.explain import compute
-    from cnnviz.hooks import model_state_kept
-    from cnnviz.plan import build_plan
+    from cnnviz.speed import fastpath
+    from cnnviz.app.schema import register_configs
+    from cnnviz.engine import compute
+    from cnnviz.core.hooks import model_state_kept
+    from cnnviz.app.plan import build_plan
     from conftest import ROOT
 
     register_configs()

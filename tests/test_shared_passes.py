@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cnnviz import get_method, list_methods
-from cnnviz.explain import compute, compute_group
+from cnnviz.engine import compute, compute_group
 from conftest import TinyCNN, hook_count, tiny_method
 
 LAYERS = ["features.1", "features.3"]

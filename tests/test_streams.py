@@ -1,4 +1,4 @@
-"""Parallel streams for the many-batch techniques (``cnnviz.streams``): order, errors, thread counts,
+"""Parallel streams for the many-batch techniques (``cnnviz.speed.streams``): order, errors, thread counts,
 which techniques use them, and that they change no result."""
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from cnnviz import fastpath, streams
+from cnnviz.speed import fastpath
+from cnnviz.speed import streams
 from cnnviz.methods import integrated_gradients as ig_module
 from cnnviz.methods.base import GradientMethod
-from cnnviz.registry import get_method
+from cnnviz.core.registry import get_method
 
 from conftest import TinyCNN, torch_threads
 
@@ -115,7 +116,7 @@ def test_streams_run_only_where_asked_and_at_most_one_per_thread():
 def test_model_streams_config_key_sets_the_streams(overrides, wanted):
     from test_config import compose_cfg
 
-    from cnnviz.plan import build_plan
+    from cnnviz.app.plan import build_plan
 
     model, x = TinyCNN().eval(), torch.rand(1, 3, 8, 8)
     with torch_threads(2), streams.using(1):
@@ -126,8 +127,8 @@ def test_model_streams_config_key_sets_the_streams(overrides, wanted):
 def test_a_bad_model_streams_value_is_a_config_error_naming_the_key():
     from test_config import compose_cfg
 
-    from cnnviz.errors import ConfigError
-    from cnnviz.plan import build_plan
+    from cnnviz.core.errors import ConfigError
+    from cnnviz.app.plan import build_plan
 
     with streams.using(1), pytest.raises(ConfigError, match=r"model\.streams must be a positive integer, got 0"):
         build_plan(compose_cfg(["model.streams=0", "method=integrated_gradients"]))

@@ -1,5 +1,5 @@
 """Sweeps end to end: multirun job folders, the merged manifest and gallery, many items from one
-model load, kill-and-resume, ``cnnviz.verify``, the launchers, ``scripts/status.py``, ``explain()``
+model load, kill-and-resume, ``cnnviz.app.verify``, the launchers, ``scripts/status.py``, ``explain()``
 against the runner, layer patterns, and ``scripts/list_layers.py``.
 
 Subprocesses run ``python run.py`` as a user types it (``conftest.run_cli``). Most runs use the
@@ -84,7 +84,7 @@ def loads_whole(path: Path) -> None:
 def compose_cfg(overrides):
     from hydra import compose, initialize_config_dir
 
-    from cnnviz.config import register_configs
+    from cnnviz.app.schema import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -240,11 +240,11 @@ def test_status_of_a_finished_sweep(sweep):
         assert re.search(rf"^{re.escape(job)}\s+1\s+0\s+0$", proc.stdout, re.M), proc.stdout
 
 
-# --- 4. cnnviz.verify ------------------------------------------------------------------------------
+# --- 4. cnnviz.app.verify ------------------------------------------------------------------------------
 
 
 def test_verify_a_fresh_sweep_reports_every_file_identical(sweep):
-    proc = script("cnnviz.verify", str(sweep.dir), timeout=300)
+    proc = script("cnnviz.app.verify", str(sweep.dir), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = verify_lines(proc.stdout)
     frames = [pd.read_csv(sweep.dir / j / "manifest.csv") for j in job_dirs(sweep.dir)]
@@ -264,7 +264,7 @@ def job_copy(sweep, tmp_path):
 
 
 def run_verify(capsys, *argv) -> tuple[int, list[tuple[str, str, str]], str]:
-    from cnnviz.verify import main
+    from cnnviz.app.verify import main
 
     capsys.readouterr()
     rc = main([str(a) for a in argv])
@@ -327,8 +327,8 @@ def test_twelve_items_in_one_job_load_the_model_once(tmp_path, image_cache):
 
 
 def test_many_items_in_process_build_the_model_once(tmp_path, monkeypatch):
-    from cnnviz import plan
-    from cnnviz.runner import run
+    from cnnviz.app import plan
+    from cnnviz.app.runner import run
 
     calls = []
     real = plan._load_model
@@ -458,7 +458,7 @@ def test_resume_does_not_recompute_items_done_before_the_kill(killed):
 
 @pytest.mark.parametrize("method", ["vanilla_backprop", "gradcam"])  # without and with hyperparameters
 def test_resume_skips_a_finished_call(method, tmp_path, caplog):
-    from cnnviz.runner import run
+    from cnnviz.app.runner import run
 
     run(compose_cfg([f"method={method}", "image=rocket"]), tmp_path)
     row = pd.read_csv(tmp_path / "manifest.csv").iloc[0]
@@ -488,7 +488,7 @@ def partial_resume(multilayer, tmp_path_factory):
     files not yet written, a temporary file cut short), then resume=true into it."""
     from omegaconf import OmegaConf
 
-    from cnnviz.runner import run
+    from cnnviz.app.runner import run
 
     d = tmp_path_factory.mktemp("partial") / "run"
     shutil.copytree(multilayer, d)
@@ -580,13 +580,13 @@ def test_slurm_launcher_composes(tmp_path, image_cache):
 
 
 def _efficientnet():
-    from cnnviz.models import efficientnet_lite0
+    from cnnviz.models.loaders import efficientnet_lite0
 
     return efficientnet_lite0().module
 
 
 def _lite0_preprocess():
-    from cnnviz.explain import Preprocess
+    from cnnviz.api import Preprocess
 
     # conf/model/efficientnet_lite0.yaml: mean = std = 0.5; the other keys are explain's defaults
     return Preprocess(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -619,15 +619,15 @@ def test_cnnviz_explain_is_still_the_function_after_first_use():
 
     import cnnviz
 
-    importlib.import_module("cnnviz.explain")  # what explain()'s own lazy import and the runner do
+    importlib.import_module("cnnviz.api")  # what explain()'s own lazy import and the runner do
     from cnnviz import explain
 
     assert not inspect.ismodule(explain) and callable(explain)
-    assert callable(cnnviz.explain)
+    assert callable(cnnviz.api)
 
 
 def test_explain_from_a_path_saves_what_the_runner_writes(sweep, tmp_path):
-    from cnnviz.explain import explain  # see test_cnnviz_explain_is_still_the_function_after_first_use
+    from cnnviz.api import explain  # see test_cnnviz_explain_is_still_the_function_after_first_use
 
     path = tmp_path / "rocket.png"
     _rocket().save(path)
@@ -639,7 +639,7 @@ def test_explain_from_a_path_saves_what_the_runner_writes(sweep, tmp_path):
 
 
 def test_explain_a_list_of_layers_saves_what_the_runner_writes(multilayer, tmp_path):
-    from cnnviz.explain import explain  # see test_cnnviz_explain_is_still_the_function_after_first_use
+    from cnnviz.api import explain  # see test_cnnviz_explain_is_still_the_function_after_first_use
 
     ex = explain(_efficientnet(), _rocket(), method="gradcam", layer=list(LAYERS), preprocess_config=_lite0_preprocess(),
                  name="rocket")
@@ -654,8 +654,8 @@ def test_explain_tensor_input_gives_the_same_raw_map_and_show_draws_a_figure(mul
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
-    from cnnviz.explain import explain  # see test_cnnviz_explain_is_still_the_function_after_first_use
-    from cnnviz.imaging import preprocess
+    from cnnviz.api import explain  # see test_cnnviz_explain_is_still_the_function_after_first_use
+    from cnnviz.data.images import preprocess
 
     x, _ = preprocess(_rocket().convert("RGB"), _lite0_preprocess())
     ex = explain(_efficientnet(), x, method="gradcam", layer=list(LAYERS), preprocess_config=_lite0_preprocess(), name="rocket")
@@ -687,8 +687,8 @@ def test_type_conv2d_on_vgg19_gives_sixteen_rows(tmp_path, image_cache):
 
 
 def test_layer_all_and_type_patterns_in_model_order():
-    from cnnviz.errors import ConfigError
-    from cnnviz.plan import expand_layer_pattern
+    from cnnviz.core.errors import ConfigError
+    from cnnviz.app.plan import expand_layer_pattern
 
     model = SimpleNamespace(module=TinyCNN(), name="tiny")
     assert expand_layer_pattern("all", model) == ["features.0", "features.1", "features.2", "features.3", "pool", "fc"]
@@ -700,7 +700,7 @@ def test_layer_all_and_type_patterns_in_model_order():
 
 
 def test_layer_all_on_vgg19_keeps_the_layers_gradcam_can_use():
-    from cnnviz.plan import build_plan
+    from cnnviz.app.plan import build_plan
 
     plan = build_plan(compose_cfg(["model=vgg19", "model.weights=null", "layer=all", "image=rocket",
                                    "method=[gradcam,vanilla_backprop]"]))

@@ -114,7 +114,7 @@ def set_manifest_sha(job: Path, name: str) -> None:
 
 
 def test_every_model_preset_names_a_registered_loader_and_every_loader_has_a_preset():
-    from cnnviz.trust import get_loader, loader_names
+    from cnnviz.models.registry import get_loader, loader_names
 
     presets = {yaml.safe_load(p.read_text())["_target_"] for p in (ROOT / "conf" / "model").glob("*.yaml")}
     assert presets == {n for n in loader_names() if n.startswith("cnnviz.")}
@@ -126,16 +126,16 @@ def test_every_model_preset_names_a_registered_loader_and_every_loader_has_a_pre
 @pytest.mark.parametrize("target", [
     "shutil.rmtree",             # deletes model.path
     "os.remove",                 # any importable callable
-    "cnnviz.plan.load_model",    # cnnviz's own functions are not loaders either
-    "cnnviz.models.LoadedModel",
-    "cnnviz.models.efficientnet_lite0.__call__",
+    "cnnviz.app.plan.load_model",    # cnnviz's own functions are not loaders either
+    "cnnviz.models.loaders.LoadedModel",
+    "cnnviz.models.loaders.efficientnet_lite0.__call__",
 ])
 def test_a_composed_model_target_outside_the_loaders_is_refused(target, victim):
     from hydra import compose, initialize_config_dir
 
-    from cnnviz.config import register_configs
-    from cnnviz.errors import ConfigError
-    from cnnviz.plan import load_model
+    from cnnviz.app.schema import register_configs
+    from cnnviz.core.errors import ConfigError
+    from cnnviz.app.plan import load_model
 
     register_configs()
     path = victim if target != "os.remove" else victim / "precious.txt"
@@ -144,7 +144,7 @@ def test_a_composed_model_target_outside_the_loaders_is_refused(target, victim):
     with pytest.raises(ConfigError) as err:
         load_model(cfg.model, 0)
     msg = str(err.value)
-    assert "model._target_" in msg and target in msg and "cnnviz.models.timm_model" in msg, msg
+    assert "model._target_" in msg and target in msg and "cnnviz.models.loaders.timm_model" in msg, msg
     assert survived(victim)
 
 
@@ -244,7 +244,7 @@ def test_rerun_never_loads_a_poisoned_pickle_and_reproduces_the_arrays(job, tmp_
 
     out = tmp_path / "again"
     env = {**os.environ, "CNNVIZ_CACHE": str(image_cache)}
-    ok(subprocess.run([sys.executable, "-m", "cnnviz.rerun", str(job), "--out", str(out)], cwd=ROOT, env=env,
+    ok(subprocess.run([sys.executable, "-m", "cnnviz.app.rerun", str(job), "--out", str(out)], cwd=ROOT, env=env,
                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL))
     assert not marker.exists()
     assert not (out / ".hydra" / "config.pickle").exists()
@@ -293,7 +293,7 @@ def test_rerun_of_a_folder_without_an_archive(tmp_path, capsys):
 
 
 def test_default_rerun_folder_is_beside_the_run_or_beside_its_sweep(tmp_path):
-    from cnnviz.rerun import default_out
+    from cnnviz.app.rerun import default_out
 
     run = tmp_path / "runs" / "12-00-00"
     (run / ".hydra").mkdir(parents=True)

@@ -15,13 +15,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cnnviz import plan
-from cnnviz.choices import unknown_choices, unknown_keys
-from cnnviz.config import RenderConfig, register_configs
-from cnnviz.errors import ConfigError
+from cnnviz.app import plan
+from cnnviz.app.choices import unknown_choices, unknown_keys
+from cnnviz.app.schema import RenderConfig, register_configs
+from cnnviz.core.errors import ConfigError
 from cnnviz.metrics import get_metric, list_metrics
-from cnnviz.plan import build_methods, build_metrics
-from cnnviz.registry import get_method, list_methods
+from cnnviz.app.plan import build_methods, build_metrics
+from cnnviz.core.registry import get_method, list_methods
 
 from conftest import run_cli
 
@@ -130,7 +130,7 @@ def bad_values(spec) -> list:
 
 def constrained(group: str, name: str):
     try:
-        from cnnviz.constraints import constraints
+        from cnnviz.core.constraints import constraints
     except ImportError:  # collect the other tests anyway; the guard test below reports the missing module
         return []
     return sorted(constraints(registered(group, name)).items())
@@ -164,7 +164,7 @@ FREE = {
 @pytest.mark.parametrize("group, name", EVERY)
 def test_every_numeric_or_text_hyperparameter_declares_what_it_accepts(group, name):
     """A new field that can hold a bad number or an unknown word must say what it accepts."""
-    from cnnviz.constraints import constraints
+    from cnnviz.core.constraints import constraints
 
     cls = registered(group, name)
     hints = typing.get_type_hints(cls)
@@ -180,7 +180,7 @@ def test_every_numeric_or_text_hyperparameter_declares_what_it_accepts(group, na
 
 
 def test_every_default_in_the_yaml_files_and_the_classes_passes_the_checks():
-    from cnnviz.constraints import check_values, constraints
+    from cnnviz.core.constraints import check_values, constraints
 
     def defaults(cls):
         return {k: spec.default for k, spec in constraints(cls).items() if spec.default is not dataclasses.MISSING}

@@ -14,11 +14,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cnnviz import imaging
-from cnnviz.config import ImageConfig, PreprocessConfig
-from cnnviz.errors import ConfigError
-from cnnviz.explain import explain
-from cnnviz.imaging import fetch_preset, preprocess, read_image, sources_from_config, to_rgb
+from cnnviz.data import images as imaging
+from cnnviz.app.schema import ImageConfig, PreprocessConfig
+from cnnviz.core.errors import ConfigError
+from cnnviz.api import explain
+from cnnviz.data.images import fetch_preset, preprocess, read_image, sources_from_config, to_rgb
 
 from conftest import TinyCNN
 

@@ -15,9 +15,9 @@ import torchvision.models as tvm
 from torch import nn
 
 from cnnviz import Attribution, ConfigError, get_method, list_methods
-from cnnviz.attribution import NonFiniteError
-from cnnviz.explain import compute_group
-from cnnviz.models import check_finite, checkpoint_model
+from cnnviz.core.attribution import NonFiniteError
+from cnnviz.engine import compute_group
+from cnnviz.models.loaders import check_finite, checkpoint_model
 
 from conftest import TinyCNN, run_cli, tiny_method
 
@@ -75,13 +75,13 @@ def test_check_finite_checks_buffers_too():
 def test_load_model_checks_weights_and_never_caches_a_bad_load(tmp_path):
     from omegaconf import OmegaConf
 
-    from cnnviz import plan
+    from cnnviz.app import plan
 
     state = tvm.squeezenet1_1().state_dict()
     state["features.0.bias"][:2] = float("nan")
     f = tmp_path / "sq.pt"
     torch.save(state, f)
-    cfg = OmegaConf.create({"_target_": "cnnviz.models.checkpoint_model", "arch": "squeezenet1_1", "weights": None,
+    cfg = OmegaConf.create({"_target_": "cnnviz.models.loaders.checkpoint_model", "arch": "squeezenet1_1", "weights": None,
                             "path": str(f), "library": "torchvision", "name": None})
     for _ in range(2):  # the second load must check again, not reuse a cached bad model
         with pytest.raises(ConfigError, match=r"model\.path: checkpoint .*'features\.0\.bias' \(2 NaN of 64\)"):

@@ -56,7 +56,7 @@ def archive_state(folder: Path) -> dict[str, str]:
 
 
 def test_atomic_write_gives_the_umask_permissions(tmp_path):
-    from cnnviz.files import atomic_write
+    from cnnviz.output.files import atomic_write
 
     old = os.umask(0o022)
     try:
@@ -83,7 +83,7 @@ def test_run_folder_files_are_0644(base_run):
 
 
 def test_completed_needs_the_same_input_and_weights(tmp_path):
-    from cnnviz.manifest import Manifest
+    from cnnviz.output.manifest import Manifest
 
     m = Manifest(tmp_path / "manifest.csv")
     key = {"image": "a", "model": "m", "weights": "w", "method": "vanilla_backprop", "params": {}, "target_request": "default"}
@@ -125,7 +125,7 @@ def test_resume_recomputes_an_input_replaced_under_the_same_name(tmp_path, image
 
 
 def test_a_locked_folder_is_refused_in_the_same_process(tmp_path):
-    from cnnviz.archive import FolderBusy, exclusive
+    from cnnviz.app.archive import FolderBusy, exclusive
 
     with exclusive(tmp_path):
         with pytest.raises(FolderBusy, match=r"another cnnviz run \(pid \d+ .*\) is writing into"):
@@ -138,7 +138,7 @@ def test_a_locked_folder_is_refused_in_the_same_process(tmp_path):
 HOLD = """
 import sys, time
 from pathlib import Path
-from cnnviz.archive import exclusive
+from cnnviz.app.archive import exclusive
 with exclusive(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)
@@ -218,7 +218,7 @@ def _cut_inside_quotes(path: Path) -> int:
 
 
 def test_read_manifest_keeps_intact_rows_and_names_the_first_bad_one(tmp_path):
-    from cnnviz.manifest import Manifest, ManifestError, read_manifest
+    from cnnviz.output.manifest import Manifest, ManifestError, read_manifest
 
     m = Manifest(tmp_path / "manifest.csv")
     for i in range(3):
@@ -326,7 +326,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(where, tmp_path, image
 
 
 def test_terminal_codes_are_stripped_from_messages_and_rows():
-    from cnnviz.runner import plain_text
+    from cnnviz.app.runner import plain_text
 
     assert plain_text("\x1b[31mred\x1b[0m and \x1b[1;33mbold\x1b[m \x1b]8;;http://x\x07link") == "red and bold link"
 

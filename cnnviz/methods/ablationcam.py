@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constraints import param
-from ..errors import ConfigError
-from ..hooks import model_state_kept, replaced_output
-from ..layers import resolve_layer
-from ..passes import target_scores
-from ..fastpath import forward_fn
-from ..registry import register
+from ..core.constraints import param
+from ..core.errors import ConfigError
+from ..core.hooks import model_state_kept, replaced_output
+from ..core.layers import resolve_layer
+from ..core.passes import target_scores
+from ..speed.fastpath import forward_fn
+from ..core.registry import register
 from .base import CAMMethod
 
 MODES = ("expand", "full")

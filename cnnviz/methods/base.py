@@ -8,13 +8,13 @@ from typing import Any, ClassVar, ContextManager, Optional, Sequence
 import torch
 from torch import nn
 
-from ..attribution import Attribution, NonFiniteError, non_finite_counts
-from ..constraints import check_fields
-from ..errors import ConfigError
-from ..maps import to_numpy, upsample
-from ..memory import reusing_freed_memory
-from ..passes import Pass, PassRequest, activation_pass, rule_context, shared_passes
-from ..targets import Target
+from ..core.attribution import Attribution, NonFiniteError, non_finite_counts
+from ..core.constraints import check_fields
+from ..core.errors import ConfigError
+from ..core.maps import to_numpy, upsample
+from ..speed.memory import reusing_freed_memory
+from ..core.passes import Pass, PassRequest, activation_pass, rule_context, shared_passes
+from ..core.targets import Target
 
 
 @dataclasses.dataclass
@@ -27,9 +27,9 @@ class Method:
     needs_layer: ClassVar[bool] = False
     #: False for techniques that explain something other than a class score (a filter, a layer)
     uses_target: ClassVar[bool] = True
-    #: Render kinds (keys of ``cnnviz.render.RENDERERS``) the runner writes for this technique.
+    #: Render kinds (keys of ``cnnviz.output.render.RENDERERS``) the runner writes for this technique.
     renders: ClassVar[tuple[str, ...]] = ("color", "gray")
-    #: Files made from ``Attribution.extras``: ``"<writer>:<key>"`` specs, see ``cnnviz.outputs.WRITERS``.
+    #: Files made from ``Attribution.extras``: ``"<writer>:<key>"`` specs, see ``cnnviz.output.writers.WRITERS``.
     writes: ClassVar[tuple[str, ...]] = ()
     #: True for techniques that run the model on many batches in one call (perturbations, paths,
     #: optimisation): they run inside ``memory.reusing_freed_memory``.
@@ -91,7 +91,7 @@ class GradientMethod(Method):
         return rule_context(model, self.rule())
 
     def concurrent(self) -> bool:
-        """Whether calls may run at once on one model from several threads (``cnnviz.streams``):
+        """Whether calls may run at once on one model from several threads (``cnnviz.speed.streams``):
         plain gradients put no hook on the model and change none of its state."""
         return self.rule() == ("plain",) and type(self).attribute is GradientMethod.attribute
 

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..layers import resolve_layer
-from ..registry import register
+from ..core.errors import ConfigError
+from ..core.layers import resolve_layer
+from ..core.registry import register
 from .base import CAMMethod
 
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constraints import param
-from ..errors import ConfigError, unknown
-from ..passes import target_scores
-from ..registry import register
-from ..targets import class_indices
+from ..core.constraints import param
+from ..core.errors import ConfigError, unknown
+from ..core.passes import target_scores
+from ..core.registry import register
+from ..core.targets import class_indices
 from .optimization import OptimizationMethod, start_image
 
 INITS = ("mean", "zero", "noise")

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..constraints import param
-from ..errors import ConfigError, unknown
-from ..registry import register
+from ..core.constraints import param
+from ..core.errors import ConfigError, unknown
+from ..core.registry import register
 from .class_model import INITS, ClassScoreMethod
 from .optimization import gaussian_blur, jitter, start_image, zero_below_percentile
 

@@ -27,13 +27,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..errors import ConfigError
-from ..hooks import model_state_kept
-from ..maps import numpy_dtype, to_numpy
-from ..registry import register
-from .. import segmentation as seg
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.errors import ConfigError
+from ..core.hooks import model_state_kept
+from ..core.maps import numpy_dtype, to_numpy
+from ..core.registry import register
+from ..methods import _segmentation_ops as seg
 from .weakly_supervised_segmentation import Sourced, blurred
 
 

@@ -15,8 +15,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from ..hooks import relu_modules
-from ..registry import register
+from ..core.hooks import relu_modules
+from ..core.registry import register
 from .base import GradientMethod
 
 

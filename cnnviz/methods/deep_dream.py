@@ -24,9 +24,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..constraints import param
-from ..errors import ConfigError
-from ..registry import register
+from ..core.constraints import param
+from ..core.errors import ConfigError
+from ..core.registry import register
 from .optimization import OptimizationMethod, filter_of, jitter
 
 

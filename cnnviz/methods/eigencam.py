@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..registry import register
+from ..core.registry import register
 from .base import CAMMethod
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..constraints import param
-from ..errors import ConfigError
-from ..registry import register
+from ..core.constraints import param
+from ..core.errors import ConfigError
+from ..core.registry import register
 from .optimization import OptimizationMethod, filter_of, gaussian_blur, jitter, start_image
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..errors import unknown
-from ..inputspace import stats
-from ..maps import numpy_dtype, to_numpy
-from ..passes import shared_passes
-from ..registry import register
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.errors import unknown
+from ..core.inputspace import stats
+from ..core.maps import numpy_dtype, to_numpy
+from ..core.passes import shared_passes
+from ..core.registry import register
 from .base import GradientMethod
 from .guided_backprop import GuidedBackprop
 from .integrated_gradients import IntegratedGradients

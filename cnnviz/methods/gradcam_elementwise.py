@@ -8,7 +8,7 @@ Example::
 """
 from dataclasses import dataclass
 
-from ..registry import register
+from ..core.registry import register
 from .base import CAMMethod
 
 

@@ -11,7 +11,7 @@ Example::
 from dataclasses import dataclass
 from typing import Optional
 
-from ..registry import register
+from ..core.registry import register
 from .base import GradientMethod
 
 

@@ -9,9 +9,9 @@ Example::
 from dataclasses import dataclass
 from typing import Optional
 
-from ..attribution import Attribution
-from ..passes import shared_passes
-from ..registry import register
+from ..core.attribution import Attribution
+from ..core.passes import shared_passes
+from ..core.registry import register
 from .base import Method
 from .gradcam import GradCAM
 from .guided_backprop import GuidedBackprop

@@ -23,17 +23,17 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..errors import ConfigError, unknown
-from ..hooks import model_state_kept
-from ..inputspace import pixel_bounds
-from ..fastpath import forward_fn
-from ..maps import to_numpy
-from ..passes import gradient_pass, target_scores
-from ..registry import register
-from ..streams import in_order, per_stream, stream_count
-from ..targets import class_indices
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.errors import ConfigError, unknown
+from ..core.hooks import model_state_kept
+from ..core.inputspace import pixel_bounds
+from ..speed.fastpath import forward_fn
+from ..core.maps import to_numpy
+from ..core.passes import gradient_pass, target_scores
+from ..core.registry import register
+from ..speed.streams import in_order, per_stream, stream_count
+from ..core.targets import class_indices
 from .base import GradientMethod
 
 RULES = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -58,7 +58,7 @@ def quadrature(rule: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def integrated_gradient(model, x1, x0, target, alphas, weights, batch_size, rule=None, streams=1) -> torch.Tensor:
     """(x − x') ⊙ Σ_k w_k ∇f(x' + α_k (x − x')) for one image ``x1`` of shape (1, C, H, W), the
-    steps ``batch_size`` at a time over ``streams`` streams (``cnnviz.streams``)."""
+    steps ``batch_size`` at a time over ``streams`` streams (``cnnviz.speed.streams``)."""
     diff = x1 - x0
     a = torch.as_tensor(alphas, dtype=x1.dtype, device=x1.device)
     w = torch.as_tensor(weights, dtype=torch.float64, device=x1.device)

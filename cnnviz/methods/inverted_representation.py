@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constraints import param
-from ..errors import ConfigError
-from ..registry import register
+from ..core.constraints import param
+from ..core.errors import ConfigError
+from ..core.registry import register
 from .optimization import OptimizationMethod, start_image
 
 

@@ -8,13 +8,13 @@ Example::
 """
 from dataclasses import dataclass
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..errors import ConfigError
-from ..hooks import guided_relus
-from ..maps import to_numpy
-from ..passes import gradient_pass
-from ..registry import register
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.errors import ConfigError
+from ..core.hooks import guided_relus
+from ..core.maps import to_numpy
+from ..core.passes import gradient_pass
+from ..core.registry import register
 from .base import GradientMethod
 
 

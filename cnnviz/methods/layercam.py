@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..maps import fuse_layer_maps
-from ..registry import register
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.maps import fuse_layer_maps
+from ..core.registry import register
 from .base import CAMMethod
 
 FUSED = "fused"

@@ -33,14 +33,14 @@ from typing import Optional
 
 import torch
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..errors import ConfigError, unknown
-from ..inputspace import pixel_bounds
-from ..maps import to_numpy
-from ..passes import gradient_pass
-from ..registry import register
-from ..relevance import (EPSILON_MODES, LINEAR, check_supported, fold_batchnorms, layer_input, private_copy,
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.errors import ConfigError, unknown
+from ..core.inputspace import pixel_bounds
+from ..core.maps import to_numpy
+from ..core.passes import gradient_pass
+from ..core.registry import register
+from ._lrp_rules import (EPSILON_MODES, LINEAR, check_supported, fold_batchnorms, layer_input, private_copy,
                          relevance_rules, zb_relevance)
 from .base import Method
 

@@ -5,7 +5,7 @@ space; 0 is the mean colour) slides with ``stride``; each pixel's attribution is
 windows that cover it, of the drop in the target score y_c(x) − y_c(x occluded). Pixels that no
 window covers get 0. Occluded images are evaluated ``perturbations_per_eval`` at a time under
 ``torch.inference_mode``. With ``incremental`` (default) the leading convolution / pooling layers
-run only on the rectangle each window changes (``cnnviz.incremental``; same scores up to float
+run only on the rectangle each window changes (``cnnviz.methods._occlusion_incremental``; same scores up to float
 rounding, checked against full forwards on the first batch of every image, else full forwards).
 
 Example::
@@ -19,16 +19,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attribution import Attribution, check_logits
-from ..constraints import param
-from ..errors import ConfigError
-from ..hooks import model_state_kept
-from ..incremental import IncrementalOcclusion
-from ..fastpath import forward_fn, instrumented
-from ..maps import result_dtype, to_numpy
-from ..passes import target_scores
-from ..registry import register
-from ..targets import class_indices
+from ..core.attribution import Attribution, check_logits
+from ..core.constraints import param
+from ..core.errors import ConfigError
+from ..core.hooks import model_state_kept
+from ._occlusion_incremental import IncrementalOcclusion
+from ..speed.fastpath import forward_fn, instrumented
+from ..core.maps import result_dtype, to_numpy
+from ..core.passes import target_scores
+from ..core.registry import register
+from ..core.targets import class_indices
 from .base import GradientMethod
 
 log = logging.getLogger("cnnviz")

@@ -8,7 +8,7 @@ valid range ``[(0 − mean)/std, (1 − mean)/std]`` per channel, i.e. to pixels
 
 ``input_mean`` / ``input_std`` are the model's normalisation: the runner and ``explain()`` fill
 them from the preprocessing config; left at ``None`` in a direct call the input is taken to be
-pixels already (mean 0, std 1), as everywhere in ``cnnviz.inputspace``.
+pixels already (mean 0, std 1), as everywhere in ``cnnviz.core.inputspace``.
 
 Results: ``values`` is the final image ``(B, 3, H, W)`` in normalised space; ``extras`` hold,
 for item 0, the final picture (``final``, uint8), the snapshot frames (``snapshots``: the start,
@@ -31,13 +31,13 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm import tqdm
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..errors import ConfigError, unknown
-from ..hooks import model_state_kept, removing
-from ..inputspace import stats
-from ..layers import resolve_layer
-from ..maps import to_numpy
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.errors import ConfigError, unknown
+from ..core.hooks import model_state_kept, removing
+from ..core.inputspace import stats
+from ..core.layers import resolve_layer
+from ..core.maps import to_numpy
 from .base import Method
 
 OPTIMIZERS = ("adam", "sgd")

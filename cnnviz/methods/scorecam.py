@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constraints import param
-from ..errors import ConfigError
-from ..hooks import model_state_kept
-from ..fastpath import forward_fn
-from ..maps import upsample
-from ..passes import target_scores
-from ..registry import register
+from ..core.constraints import param
+from ..core.errors import ConfigError
+from ..core.hooks import model_state_kept
+from ..speed.fastpath import forward_fn
+from ..core.maps import upsample
+from ..core.passes import target_scores
+from ..core.registry import register
 from .base import CAMMethod
 
 

@@ -22,15 +22,15 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..errors import ConfigError, unknown
-from ..hooks import model_state_kept
-from ..fastpath import forward_fn
-from ..maps import result_dtype, to_numpy
-from ..registry import get_method, list_methods, register
-from ..streams import in_order, per_stream, stream_count
-from ..targets import class_indices
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.errors import ConfigError, unknown
+from ..core.hooks import model_state_kept
+from ..speed.fastpath import forward_fn
+from ..core.maps import result_dtype, to_numpy
+from ..core.registry import get_method, list_methods, register
+from ..speed.streams import in_order, per_stream, stream_count
+from ..core.targets import class_indices
 from .base import GradientMethod, Method
 
 VARIANTS = ("mean", "sq", "var")

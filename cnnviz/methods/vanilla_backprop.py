@@ -10,7 +10,7 @@ Example::
 """
 from dataclasses import dataclass
 
-from ..registry import register
+from ..core.registry import register
 from .base import GradientMethod
 
 

@@ -31,11 +31,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..attribution import Attribution
-from ..constraints import param
-from ..errors import ConfigError, unknown
-from ..registry import get_method, list_methods, register
-from .. import segmentation as seg
+from ..core.attribution import Attribution
+from ..core.constraints import param
+from ..core.errors import ConfigError, unknown
+from ..core.registry import get_method, list_methods, register
+from ..methods import _segmentation_ops as seg
 from .base import Method
 
 #: seed colours for the ``seeds`` image: background, foreground, probable background, probable foreground

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..constraints import check_fields
-from ..registry import Registry
+from ..core.constraints import check_fields
+from ..core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Metric:
     name: ClassVar[str] = ""
     #: manifest columns this metric can fill (the summary and the gallery read them)
     columns: ClassVar[tuple[str, ...]] = ()
-    #: ``"<writer>:<key>"`` specs for its extras, see ``cnnviz.outputs``
+    #: ``"<writer>:<key>"`` specs for its extras, see ``cnnviz.output.writers``
     writes: ClassVar[tuple[str, ...]] = ()
     #: True: larger values are better (used to rank in the summary)
     higher_is_better: ClassVar[dict[str, bool]] = {}

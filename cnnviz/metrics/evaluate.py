@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import Attribution
-from ..fastpath import forward_fn
-from ..hooks import model_state_kept
+from ..core.attribution import Attribution
+from ..speed.fastpath import forward_fn
+from ..core.hooks import model_state_kept
 from .base import Metric, Sample, saliency
 
 log = logging.getLogger("cnnviz")

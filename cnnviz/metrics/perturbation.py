@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from ..constraints import param
-from ..errors import ConfigError, unknown
-from ..inputspace import pixel_bounds
+from ..core.constraints import param
+from ..core.errors import ConfigError, unknown
+from ..core.inputspace import pixel_bounds
 from .base import Metric, MetricResult, Sample, saliency
 
 SUBSTRATES = ("blur", "black", "mean")

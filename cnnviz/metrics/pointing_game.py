@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..constraints import param
-from ..errors import ConfigError
+from ..core.constraints import param
+from ..core.errors import ConfigError
 from .base import Metric, MetricResult, Sample, register_metric, saliency
 
 

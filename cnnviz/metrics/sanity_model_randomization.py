@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..constraints import param
-from ..errors import ConfigError
+from ..core.constraints import param
+from ..core.errors import ConfigError
 from .base import Metric, MetricResult, Sample, register_metric, saliency
 
 

@@ -1,0 +1,173 @@
+"""Command line: ``cnnviz ...`` is the same as ``python run.py ...``.
+
+Exit status: 0 when every item is ``ok``; 2 for a configuration error (nothing computed, an
+existing archive left as it was); 3 when some items (or, in a multirun, some jobs) failed — their
+manifest rows say why, and ``--allow-failures`` (or ``allow_failures=true``) turns that into 0.
+The last line printed says ``N ok, M failed`` and where the manifest is.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from .schema import register_configs
+from ..core.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+EXIT_CONFIG = 2
+EXIT_FAILED = 3
+log = logging.getLogger("cnnviz")
+register_configs()
+
+
+class JobFailed(Exception):
+    """A multirun job that stopped on a configuration error (Hydra records the job as failed)."""
+
+
+def say(message: str) -> None:
+    from .runner import plain_text
+
+    print(f"cnnviz: {plain_text(message)}", file=sys.stderr)
+
+
+def run_job(cfg: DictConfig, out_dir: Path, overrides: list[str], hydra_cfg: Optional[DictConfig] = None,
+            key: str = "hydra.run.dir") -> int:
+    """Check ``cfg``, record it in ``out_dir/.hydra``, compute every item; the exit status
+    (a configuration error is printed and gives ``EXIT_CONFIG``)."""
+    try:
+        return _run_job(cfg, out_dir, overrides, hydra_cfg, key)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        say(f"configuration error: {e}")
+        return EXIT_CONFIG
+
+
+def _run_job(cfg: DictConfig, out_dir: Path, overrides: list[str], hydra_cfg: Optional[DictConfig], key: str) -> int:
+    """``run_job`` without the printing of configuration errors.
+
+    The folder is locked for the whole job; the archived configuration is compared, and the
+    manifest read, before the model loads; ``.hydra/`` is written only after every check passed.
+    """
+    from .archive import check_same_config, exclusive, record_config
+    from .plan import build_plan
+    from .runner import execute
+
+    out_dir = Path(out_dir)
+    with exclusive(out_dir, key):
+        check_same_config(out_dir, cfg, key)
+        manifest = open_manifest(out_dir / "manifest.csv", bool(cfg.resume))
+        start = time.perf_counter()
+        plan = build_plan(cfg)
+        record_config(out_dir, cfg, overrides, hydra_cfg)
+        (out_dir / "job_error.json").unlink(missing_ok=True)  # a multirun job's earlier failed start
+        frame = execute(plan, out_dir, time.perf_counter() - start, manifest)
+    failed = int((frame["status"] != "ok").sum())
+    print(f"cnnviz: {len(frame) - failed} ok, {failed} failed; manifest: {out_dir / 'manifest.csv'}")
+    return EXIT_FAILED if failed and not cfg.get("allow_failures", False) else 0
+
+
+def open_manifest(path: Path, resume: bool):
+    """The folder's manifest; a damaged one is a configuration error unless ``resume`` (then its
+    intact rows are kept, a copy of the damaged file is kept beside it, the rest is recomputed)."""
+    import shutil
+
+    from ..output.manifest import Manifest, ManifestError
+
+    try:
+        manifest = Manifest(path)
+    except ManifestError as e:
+        raise ConfigError(f"manifest: {e}") from None
+    if manifest.damage:
+        if not resume:
+            raise ConfigError(f"manifest: {manifest.damage}. Run again with resume=true to keep the intact rows "
+                              "and recompute the rest, or run into another folder")
+        kept = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copy2(path, kept)
+        log.warning("%s; a copy of the damaged file is kept as %s", manifest.damage, kept.name)
+    return manifest
+
+
+def task(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        status = _run_job(cfg, out_dir, list(hc.overrides.task), hc, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        if not multirun:
+            say(f"configuration error: {e}")
+            sys.exit(EXIT_CONFIG)
+        from .sweep import record_job_error
+
+        record_job_error(out_dir, f"configuration error: {e}")
+        raise JobFailed(f"configuration error: {e}") from None  # Hydra records the job as failed and runs the others
+    if status and not multirun:
+        sys.exit(status)  # in a multirun the failed items are in the job's manifest; the sweep's exit status counts them
+
+
+class FolderCheck(Callback):
+    """Hydra callback: an output folder that cannot be created is one line and exit status 2,
+    before Hydra makes it (and prints a traceback); a multirun's sweep folder is noted for the end."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _make_folder(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from ..app import sweep
+
+        root = Path(str(config.hydra.sweep.dir))
+        _make_folder(root, "hydra.sweep.dir")
+        sweep.started(root, bool(config.get("allow_failures", False)))
+
+
+def _make_folder(folder: Path, key: str) -> None:
+    import os
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as e:
+        say(f"configuration error: {key}: cannot create the output folder {folder} ({e.strerror or e}); "
+            f"choose another folder ({key}=...)")
+        sys.exit(EXIT_CONFIG)
+
+
+def entry(hydra_main: Callable[[], None], argv: Optional[list[str]] = None) -> None:
+    """Run a ``@hydra.main`` function as the command line does: close-match checks before Hydra,
+    ``--allow-failures``, and a multirun's exit status and merged manifest even when jobs failed."""
+    from ..app import sweep
+    from .choices import check_choices
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--allow-failures" in args:
+        args = [a for a in args if a != "--allow-failures"] + ["allow_failures=true"]
+        sys.argv[1:] = args
+    check_choices(args, CONF_DIR)
+    try:
+        hydra_main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    if sweep.STARTED.root is not None:
+        code = sweep.finish(code)
+    sys.exit(code)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _main(cfg: DictConfig) -> None:
+    task(cfg)
+
+
+def main() -> None:
+    entry(_main)

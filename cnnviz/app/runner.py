@@ -1,0 +1,293 @@
+"""Run a plan: every image x method x layer x target, each written as files plus a manifest row."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from ..output.envinfo import environment
+from ..api import Explanation, RenderOptions
+from ..engine import compute_group
+from ..output.files import atomic_write
+from ..output.gallery import write_gallery
+from ..data.images import box_to_input, preprocess
+from ..output.manifest import Manifest
+from ..metrics import evaluate, writes_of
+from ..metrics.pointing_game import box_mask
+from .plan import Plan, build_plan
+from ..output.summary import write_summary
+
+log = logging.getLogger("cnnviz")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One call of a technique: an image, a target, and every layer it serves in that call."""
+
+    image: int
+    method: str
+    layers: tuple[str, ...]
+    target: Any
+
+    @property
+    def target_request(self) -> str:
+        return "default" if self.target is None else str(self.target)
+
+
+def units_of(plan: Plan) -> list[Unit]:
+    return [
+        Unit(i, m, tuple(plan.layers[m]), target)
+        for i, m, target in itertools.product(range(len(plan.images)), plan.methods, plan.targets)
+    ]
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image read and preprocessed for the model."""
+
+    sha256: str
+    x: torch.Tensor
+    #: the uint8 (H, W, 3) picture the input shows
+    picture: Any
+    #: the object box as a mask on the input (``image.<key>.box``), or None
+    mask: Any
+    #: the original image's (w, h)
+    size: tuple[int, int]
+    #: notes from reading (e.g. only the first frame of an animation is used), added to each row
+    warnings: tuple[str, ...] = ()
+
+
+def execute(plan: Plan, out_dir: Path, load_s: float = 0.0, manifest: Manifest | None = None) -> pd.DataFrame:
+    """Compute every item of ``plan`` into ``out_dir``; ``load_s``: the time the plan took to build
+    (model load), reported with the run's own timing in the log and in ``progress.json``;
+    ``manifest``: the folder's manifest when the caller has already read (and checked) it."""
+    wall0 = time.perf_counter()
+    clock = {"compute": 0.0}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    # env.json (a git call) and each next image's reading are done by the writer threads while the
+    # techniques compute
+    env_written = _writers().submit(_write_env, out_dir, plan)
+    manifest = manifest if manifest is not None else Manifest(out_dir / "manifest.csv")
+    weights_id = weights_identity(plan.model)
+    units = units_of(plan)
+    planned = sum(len(u.layers) or 1 for u in units)
+    atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": len(units)}).encode())
+    options = RenderOptions(plan.render.colormap, float(plan.render.alpha))
+    with_target = len(plan.targets) > 1
+    groups = list(dict.fromkeys((u.image, u.target) for u in units))
+    skipped = 0
+    log.info("%d calls: %d image(s) x %d method(s) x %d target(s), model %s",
+             len(units), len(plan.images), len(plan.methods), len(plan.targets), plan.model.name)
+    progress = tqdm(total=len(units), desc="cnnviz", unit="call", disable=None)
+    order = list(dict.fromkeys(i for i, _ in groups))
+    upcoming = _writers().submit(_load, plan.images[order[0]], plan) if order else None
+    for k, image_index in enumerate(order):
+        src = plan.images[image_index]
+        loaded = upcoming.result()  # two images in memory at a time: this one and the next
+        upcoming = _writers().submit(_load, plan.images[order[k + 1]], plan) if k + 1 < len(order) else None
+        for target_request in [t for i, t in groups if i == image_index]:
+            todo = [u for u in units if u.image == image_index and u.target == target_request]
+            base = {u.method: {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
+                               "weights_sha256": weights_id, "method": u.method, "params": plan.methods[u.method].params(),
+                               "target_request": u.target_request} for u in todo}
+            if plan.resume:
+                # complete only for the same bytes: an image replaced under the same name is recomputed
+                content = None if isinstance(loaded, Exception) else {"image_sha256": loaded.sha256, "weights_sha256": weights_id}
+                todo, done = missing_parts(todo, base, manifest, plan, out_dir, content)
+                skipped += done
+                progress.update(done)
+            if not todo:
+                continue
+            start = time.perf_counter()
+            if isinstance(loaded, Exception):
+                results = {u.method: (loaded, 0.0) for u in todo}
+            else:
+                target = src.default_target if target_request is None else target_request
+                torch.manual_seed(plan.seed)
+                results = compute_group({u.method: plan.methods[u.method] for u in todo}, plan.model.module, loaded.x,
+                                        None if target == "top1" else target, {u.method: u.layers for u in todo})
+            clock["compute"] += time.perf_counter() - start
+            for unit in todo:
+                result, ms = results[unit.method]
+                if plan.metrics and not isinstance(result, Exception) and not isinstance(loaded, Exception):
+                    results[unit.method] = ([evaluate(plan.metrics, a, plan.model.module, loaded.x, method=plan.methods[unit.method],
+                                                      layers=unit.layers, mask=loaded.mask) for a in result], ms)
+            # the items' files are written side by side (numpy, zlib and file writes release the GIL);
+            # the group's rows then go into the manifest with one write
+            written = _writers().map(lambda u: _item_rows(u, base[u.method], *results[u.method], loaded, src, plan,
+                                                          out_dir, options, with_target), todo)
+            group_rows = []
+            for unit, rows in zip(todo, written):
+                for row in rows:
+                    _log_row(src.name, unit, row)
+                group_rows += rows
+                progress.update(1)
+            manifest.extend(group_rows)
+            log.debug("group %s / target %s: %.0f ms", src.name, target_request, (time.perf_counter() - start) * 1000)
+    progress.close()
+    env_written.result()
+    frame = manifest.frame()
+    gallery0 = time.perf_counter()
+    write_gallery(out_dir, frame)
+    clock["gallery"] = time.perf_counter() - gallery0
+    if plan.metrics:
+        write_summary(out_dir, frame)
+    failed = int((frame["status"] == "error").sum())
+    if skipped:
+        log.info("resume: %d item(s) already complete, skipped", skipped)
+    log.info("done: %d ok, %d failed; outputs in %s", len(frame) - failed, failed, out_dir)
+    report_timing(out_dir, planned, len(units), load_s, time.perf_counter() - wall0, clock)
+    return frame
+
+
+def weights_identity(model) -> str:
+    """The sha256 of the weights' file; for weights without a file of their own (timm's hub cache)
+    the sha256 of the state dict's bytes; "" for a seeded random init, which its name identifies."""
+    if model.weights_sha256:
+        return model.weights_sha256
+    if str(model.weights).startswith("random("):
+        return ""
+    h = hashlib.sha256()
+    for name, t in model.module.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def report_timing(out_dir: Path, planned: int, calls: int, load_s: float, run_s: float, clock: dict) -> None:
+    """Where the time went: plan + model load, the techniques' compute, and the rest (images, files,
+    manifest, metrics, gallery); ``overhead`` = (load + run) / (load + compute)."""
+    timing = {"load_s": load_s, "compute_s": clock["compute"], "gallery_s": clock.get("gallery", 0.0),
+              "other_s": run_s - clock["compute"] - clock.get("gallery", 0.0), "wall_s": load_s + run_s}
+    timing["overhead"] = timing["wall_s"] / max(load_s + clock["compute"], 1e-9)
+    atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": calls,
+                                                        "timing": {k: round(v, 4) for k, v in timing.items()}}).encode())
+    log.info("time: %.2f s = load %.2f s + compute %.2f s + files/metrics %.2f s + gallery %.2f s (%.2fx load + compute)",
+             timing["wall_s"], load_s, timing["compute_s"], timing["other_s"], timing["gallery_s"], timing["overhead"])
+
+
+def missing_parts(units: list[Unit], base: dict, manifest: Manifest, plan: Plan, out_dir: Path,
+                  content: dict | None) -> tuple[list[Unit], int]:
+    """The calls still to do, each narrowed to its unfinished layers, and how many items are done.
+    An item is done when its row matches the key, ``content`` (the input's and the weights' sha256;
+    None: the image could not be read, nothing is done) and the configured metrics, and its files
+    their sha256. A technique whose layers are computed jointly (LayerCAM's fusion) is redone whole."""
+    todo, done = [], 0
+    wanted = json.loads(metric_record(plan.metrics))
+
+    def has_metrics(row: dict) -> bool:
+        """Metrics are not part of an item's key: a row made without (or with other options of) a
+        metric now configured is incomplete, and its recompute replaces it."""
+        done_with = row.get("metric_params")
+        done_with = json.loads(done_with) if isinstance(done_with, str) and done_with else {}
+        return all(done_with.get(name) == params for name, params in wanted.items())
+
+    for u in units:
+        missing = [l for l in (u.layers or (None,))
+                   if content is None or not manifest.completed(base[u.method], l, out_dir, has_metrics, content)]
+        done += len(u.layers or (None,)) - len(missing)
+        if not missing:
+            continue
+        joint = getattr(plan.methods[u.method], "fuse", False)
+        todo.append(u if joint or not u.layers else dataclasses.replace(u, layers=tuple(missing)))
+    return todo, done
+
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files of ``atomic_write`` that a killed run left behind."""
+    for tmp in out_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+@functools.lru_cache(maxsize=1)
+def _writers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="cnnviz-items")
+
+
+def _log_row(image: str, unit: Unit, row: dict) -> None:
+    if row["status"] != "ok":
+        log.error("%s / %s failed: %s", image, unit.method, row["error"])
+        return
+    log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", image, unit.method,
+             f" @ {row['layer']}" if row["layer"] else "", row["target"], row["target_name"],
+             row["target_prob"] if row["target_prob"] is not None else float("nan"), row["duration_ms"])
+
+
+def _item_rows(unit: Unit, base: dict, result, ms: float, loaded, src, plan: Plan, out_dir: Path,
+               options: RenderOptions, with_target: bool) -> list[dict]:
+    """Write one technique's files; its rows, or its error rows (never raises for the item)."""
+    try:
+        if isinstance(result, Exception):
+            raise result
+        share = ms / len(result)
+        meta = {"image_sha256": loaded.sha256, "model": plan.model.name, "weights": plan.model.weights,
+                "weights_sha256": base["weights_sha256"],
+                "target_request": unit.target_request, "duration_ms": round(share, 1)}
+        if plan.metrics:
+            meta["metric_params"] = metric_record(plan.metrics)
+        method = plan.methods[unit.method]
+        ex = Explanation(src.name, loaded.picture, result, method.renders, plan.model.class_names, meta,
+                         method.writes + writes_of(plan.metrics), original_size=loaded.size, preprocess=plan.preprocess)
+        rows = ex.rows(out_dir, options, with_target)
+        if loaded.warnings:
+            for row in rows:
+                row["warnings"] = "; ".join(filter(None, [*loaded.warnings, row.get("warnings")]))
+        return rows
+    except Exception as e:  # recorded, logged, and the remaining items still run
+        error = plain_text(f"{type(e).__name__}: {e}")
+        return [{**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
+                 "status": "error", "error": error, "duration_ms": round(ms, 1)} for layer in unit.layers or (None,)]
+
+
+def metric_record(metrics: dict) -> str:
+    """The ``metric_params`` cell: every configured metric and its options, as JSON."""
+    return json.dumps({name: m.params() for name, m in metrics.items()}, sort_keys=True, default=str)
+
+
+def _write_env(out_dir: Path, plan: Plan) -> None:
+    env = environment(str(plan.device), plan.seed, plan.model.weights_sha256)
+    atomic_write(out_dir / "env.json", json.dumps(env, indent=2).encode())
+
+
+def _load(src, plan: Plan) -> LoadedImage | Exception:
+    """The image read and preprocessed, or the exception, kept so that every item of the image reports it."""
+    try:
+        img, sha = src.read()
+        x, picture = preprocess(img, plan.preprocess)
+        mask = box_mask(tuple(x.shape[-2:]), box_to_input(src.box, img.size, plan.preprocess)) if src.box else None
+        notes = tuple(str(w) for w in (img.info.get("cnnviz_warnings") or ()))
+        return LoadedImage(sha, x.to(plan.device), picture, mask, img.size, notes)
+    except Exception as e:
+        return e
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def plain_text(message: str) -> str:
+    """``message`` without terminal escape sequences (colours, cursor moves): some libraries colour
+    their errors, and a manifest cell or a log file is not a terminal."""
+    return _ANSI.sub("", message)
+
+
+def run(cfg: DictConfig, out_dir: Path, manifest: Manifest | None = None) -> pd.DataFrame:
+    """Check the whole configuration (``ConfigError`` before any work), then compute every item."""
+    start = time.perf_counter()
+    plan = build_plan(cfg)
+    return execute(plan, Path(out_dir), time.perf_counter() - start, manifest)

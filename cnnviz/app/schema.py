@@ -1,0 +1,112 @@
+"""Structured-config schemas: a typo in a key or a wrong type fails when Hydra composes."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..core.constraints import param
+
+#: OmegaConf's marker of a mandatory value (``omegaconf.MISSING``), spelled out so that the schemas
+#: (and ``RenderConfig``'s checks, which the library uses) import without Hydra
+MISSING = "???"
+
+
+@dataclass
+class PreprocessConfig:
+    input_size: int = 224
+    #: center_crop: shorter side to input_size / crop_pct, then a centred square crop;
+    #: stretch: resize to a square; keep_aspect: shorter side to input_size, no crop (non-square).
+    resize: str = "center_crop"
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    arch: str = MISSING
+    weights: Optional[str] = None
+    path: Optional[str] = None
+    library: Optional[str] = None
+    #: the network of model=torchvision_segmentation (fcn_resnet50, deeplabv3_resnet50, ...)
+    name: Optional[str] = None
+    default_layer: Optional[str] = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    #: parallel streams for integrated gradients / SmoothGrad on CPU (cnnviz.speed.streams); 1 = none
+    streams: int = 1
+
+
+@dataclass
+class ImageConfig:
+    #: skimage | preset | file | folder
+    source: str = MISSING
+    name: Optional[str] = None
+    path: Optional[str] = None
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    #: the class explained when the top-level ``target`` is null
+    target: Optional[int] = None
+    #: the object as [x0, y0, x1, y1] in original-image pixels (for metrics=pointing_game)
+    box: Optional[List[float]] = None
+
+
+def colormap_names() -> list[str]:
+    """matplotlib's colormap names (``jet``, ``viridis``, ``viridis_r`` ...), imported only when a
+    ``render.colormap`` other than the default is checked."""
+    from matplotlib import colormaps
+
+    return sorted(colormaps)
+
+
+@dataclass
+class RenderConfig:
+    #: a matplotlib colormap name, for the CAM heatmaps and overlays
+    colormap: str = param("jet", choices=colormap_names, kind="colormap")
+    #: opacity of the heatmap over the image: 0 shows only the image, 1 only the heatmap
+    alpha: float = param(0.4, min=0, max=1)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    image: Dict[str, ImageConfig] = field(default_factory=dict)
+    method: Dict[str, Any] = field(default_factory=dict)
+    #: metrics=[deletion,insertion]: per-map metric -> its options (conf/metrics/<name>.yaml)
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    experiment: Optional[Any] = None
+    layer: Any = None
+    target: Any = None
+    device: str = "cpu"
+    seed: int = 0
+    #: skip the items whose rows and files are already complete in the run folder
+    resume: bool = False
+    #: exit status 0 even when items failed (their rows say why); false: 3
+    allow_failures: bool = False
+    #: run the techniques on a BatchNorm-folded channels-last copy of the model (cnnviz.speed.fastpath)
+    fast_copy: bool = True
+    render: RenderConfig = field(default_factory=RenderConfig)
+
+
+def check_keys(node, schema: type, where: str) -> None:
+    """Hydra accepts ``+image.x.typo=1`` into a typed node; refuse keys the schema does not have
+    (nested dataclass fields are checked too)."""
+    from ..core.errors import ConfigError, close_matches
+
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in node.keys():
+        if key not in fields:
+            near = close_matches(str(key), fields)
+            hint = f"; close matches: {', '.join(near)}" if near else ""
+            raise ConfigError(f"{where}.{key}: unknown key{hint}; valid: {', '.join(fields)}")
+        factory = fields[key].default_factory
+        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+            check_keys(node[key], factory, f"{where}.{key}")
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=Config)

@@ -1,0 +1,169 @@
+"""``index.html`` and ``contact_sheet.png``: the rows of a manifest as a grid of pictures.
+
+Rows are images, columns are method × layer (× target); the first column is the input. Knows rows
+and files only, never techniques.
+"""
+from __future__ import annotations
+
+import html
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+from .files import atomic_write, png_bytes, read_png
+
+#: Which picture of a row stands for it, in order of preference.
+PREFERRED = ("file_cam_on_image", "file_lrp_heatmap", "file_png_overlay", "file_png_final", "file_gray", "file_color")
+
+
+def _text(value) -> str:
+    return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
+
+
+def _number(value) -> float:
+    """A cell as a float, NaN when empty or not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def cell_file(row: Mapping[str, Any]) -> Optional[str]:
+    for col in PREFERRED:
+        if col in row and isinstance(row[col], str):
+            return row[col]
+    return None
+
+
+def caption(row: Mapping[str, Any]) -> str:
+    if row.get("status") != "ok":
+        return f"error: {_text(row.get('error'))}"
+    parts = []
+    if _text(row.get("target")):
+        prob = row.get("target_prob")
+        parts.append(f"target {int(row['target'])} {_text(row.get('target_name'))}" + (f" p={prob:.3f}" if pd.notna(prob) else ""))
+    if _text(row.get("predicted")):
+        parts.append(f"predicted {int(row['predicted'])} {_text(row.get('predicted_name'))} p={row['predicted_prob']:.3f}")
+    from ..metrics import metric_columns
+
+    for col in metric_columns():  # the map's faithfulness / sanity scores, when measured
+        value = _number(row.get(col))
+        if not np.isnan(value):
+            parts.append(f"{col.replace('_', ' ')} {value:.3f}")
+    return "; ".join(parts)
+
+
+Grid = tuple[list[str], list[tuple], dict]
+
+
+def grid(frame: pd.DataFrame) -> Grid:
+    """Images, column keys (method, layer, target request, job) and ``{(image, key): row dict}``."""
+    rows = frame.to_dict("records")
+    for row in rows:
+        for col in ("image", "method", "layer", "target_request", "job"):  # a job that never started has no image or method
+            v = row.get(col)
+            row[col] = v if isinstance(v, str) else ("" if v is None or pd.isna(v) else str(v))
+    images = list(dict.fromkeys(r["image"] for r in rows))
+    cells = {(r["image"], (r["method"], r["layer"], r["target_request"], r["job"])): r for r in rows}
+    columns = list(dict.fromkeys(key for _, key in cells))
+    return images, columns, cells
+
+
+def input_file(cells: dict, image: str) -> Optional[str]:
+    """The input picture of ``image`` (every row of the image names the same file)."""
+    first = next((row for (i, _), row in cells.items() if i == image), None)
+    src = first.get("file_input") if first is not None else None
+    return src if isinstance(src, str) else None
+
+
+def column_title(key: tuple) -> str:
+    method, layer, target, job = key
+    return " ".join(p for p in (method, f"@ {layer}" if layer else "", f"target {target}" if target not in ("", "default") else "",
+                                f"[{job}]" if job else "") if p)
+
+
+def index_html(frame: pd.DataFrame, cells_grid: Optional[Grid] = None) -> str:
+    images, columns, cells = cells_grid or grid(frame)
+    head = "".join(f"<th>{html.escape(column_title(k))}</th>" for k in columns)
+    body = []
+    for image in images:
+        src = input_file(cells, image)
+        tds = [f"<th>{html.escape(image)}<br>" + (f'<img src="{html.escape(src)}" alt="{html.escape(image)}">' if src else "") + "</th>"]
+        for key in columns:
+            row = cells.get((image, key))
+            if row is None:
+                tds.append("<td></td>")
+                continue
+            f = cell_file(row)
+            pic = f'<img src="{html.escape(f)}" alt="{html.escape(column_title(key))}">' if f and row.get("status") == "ok" else ""
+            tds.append(f"<td>{pic}<div class=cap>{html.escape(caption(row))}</div></td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>cnnviz gallery</title>
+<style>body{{font-family:sans-serif;font-size:12px}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} img{{width:180px;height:auto;display:block;margin:auto}}
+.cap{{max-width:180px}}</style></head>
+<body><h1>cnnviz gallery</h1><p>{len(frame)} item(s); rows: images, columns: method @ layer</p>
+<table><tr><th>input</th>{head}</tr>
+{chr(10).join(body)}
+</table></body></html>
+"""
+
+
+def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid: Optional[Grid] = None) -> bytes:
+    """The same grid as one PNG: a header row of column titles, then per image its input and each
+    column's picture, thumbnails of ``cell`` px (composed with PIL: a matplotlib figure cost ~1 s)."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    images, columns, cells = cells_grid or grid(frame)
+    font = ImageFont.load_default()
+    pad, header, label = 4, 40, 14
+    width = (len(columns) + 1) * (cell + pad) + pad
+    height = header + len(images) * (cell + label + pad) + pad
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    titles = ["input"] + [column_title(k) for k in columns]
+    for c, title in enumerate(titles):
+        lines = textwrap.wrap(title, width=max(8, cell // 6))[:3]
+        draw.multiline_text((pad + c * (cell + pad), pad), "\n".join(lines), fill="black", font=font, spacing=1)
+    files = {}
+    for image in images:
+        files[image, 0] = input_file(cells, image)
+        for c, key in enumerate(columns, 1):
+            row = cells.get((image, key))
+            files[image, c] = cell_file(row) if row is not None and row.get("status") == "ok" else None
+
+    def thumbnail(f):
+        picture = read_png(folder / f) if isinstance(f, str) else None
+        if picture is None:
+            return None
+        thumb = Image.fromarray(picture)
+        thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)  # before the RGB conversion: a grey map resizes 2x faster
+        return thumb.convert("RGB")
+
+    with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # decoding and resizing release the GIL
+        thumbs = dict(zip(files, pool.map(thumbnail, files.values())))
+    for r, image in enumerate(images):
+        top = header + r * (cell + label + pad)
+        for c in range(len(columns) + 1):
+            left = pad + c * (cell + pad)
+            if thumbs[image, c] is not None:
+                sheet.paste(thumbs[image, c], (left, top))
+            elif c > 0 and cells.get((image, columns[c - 1])) is not None:
+                draw.text((left, top + cell // 2), "error", fill="red", font=font)
+        draw.text((pad, top + cell + 1), image, fill="black", font=font)
+    return png_bytes(np.asarray(sheet))
+
+
+def write_gallery(folder: Path, frame: pd.DataFrame) -> None:
+    if frame.empty:
+        return
+    cells_grid = grid(frame)
+    atomic_write(folder / "index.html", index_html(frame, cells_grid).encode())
+    atomic_write(folder / "contact_sheet.png", contact_sheet(frame, folder, cells_grid=cells_grid))
