@@ -13,9 +13,7 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -25,33 +23,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .output import render
+from .output import items, render
 from .core.attribution import Attribution
-from .output.files import atomic_write, npy_bytes, png_bytes, write_png
 from .data.images import box_to_original, preprocess, read_image, safe_name, to_rgb
 from .output.manifest import Manifest
-from .models.loaders import class_name
-from .output.writers import extra_files
+from .output.render import RenderOptions
+from .output.writers import class_name, outputs
 from .engine import compute
 from .methods.base import Method
-from .core.registry import get_method
-from .methods._segmentation_ops import LabelLegend
+from .methods import get_method
+from .speed import Speed
 from .core.targets import Target
-
-
-@dataclass(frozen=True)
-class RenderOptions:
-    """How maps are drawn; checked as the runner's ``render`` config is (a matplotlib colormap name,
-    an opacity in [0, 1])."""
-
-    colormap: str = "jet"
-    alpha: float = 0.4
-
-    def __post_init__(self):
-        from .app.schema import RenderConfig
-        from .core.constraints import check_values
-
-        check_values(RenderConfig, {"colormap": self.colormap, "alpha": self.alpha}, "render")
 
 
 @dataclass(frozen=True)
@@ -64,28 +46,6 @@ class Preprocess:
     interpolation: str = "bilinear"
     mean: Sequence[float] = (0.485, 0.456, 0.406)
     std: Sequence[float] = (0.229, 0.224, 0.225)
-
-
-_INPUTS: dict[Path, tuple[str, str]] = {}
-_INPUTS_LOCK = threading.Lock()  # the runner writes the items of one image on several threads
-
-
-def _write_input(path: Path, picture: np.ndarray) -> str:
-    """Write the input picture unless this process already wrote the same picture there (the calls of
-    one image share it); its sha256."""
-    digest = hashlib.sha256(picture.tobytes() + str(picture.shape).encode()).hexdigest()
-    with _INPUTS_LOCK:
-        known = _INPUTS.get(path)
-        if known is not None and known[0] == digest and path.is_file():
-            return known[1]
-        sha = write_png(path, picture)
-        _INPUTS[path] = (digest, sha)
-        return sha
-
-
-def stem(image: str, method: str, layer: Optional[str], target: Optional[int], with_target: bool) -> str:
-    parts = [image, method] + ([layer] if layer else []) + ([f"t{target}"] if with_target else [])
-    return "_".join(parts)
 
 
 @dataclass
@@ -104,71 +64,25 @@ class Explanation:
     #: returns (``extras["bbox"]``, input pixels) is reported in original pixels; None: in input pixels
     original_size: Optional[tuple[int, int]] = None
     preprocess: Any = None
+    #: notes about the input (e.g. only an animation's first frame is used), added to each row's warnings
+    warnings: tuple[str, ...] = ()
 
     def class_name(self, index: Optional[int]) -> str:
         return class_name(self.class_names, index)
 
-    def prediction_columns(self, attr: Attribution) -> dict[str, Any]:
-        probs = attr.probabilities[0]
-        pred = int(probs.argmax())
-        target = attr.target[0] if attr.target else None
-        return {
-            "target": target, "target_name": self.class_name(target),
-            "predicted": pred, "predicted_name": self.class_name(pred), "predicted_prob": float(probs[pred]),
-            "target_prob": float(probs[target]) if target is not None else None,
-        }
-
-    def write_files(self, attr: Attribution, name: str, out_dir: Path, options: RenderOptions) -> dict[str, Any]:
-        """A PNG per render kind, the raw arrays, and the input picture; ``file_*`` / ``sha256_*`` columns."""
-        cols: dict[str, Any] = {}
-
-        def put(kind: str, filename: str, data: bytes) -> None:
-            cols[f"file_{kind}"] = filename
-            cols[f"sha256_{kind}"] = atomic_write(out_dir / filename, data)
-
-        values = attr.values[0]
-        cam = attr.upsampled[0] if attr.upsampled is not None else None
-        for kind in self.renders:  # (the runner writes several items side by side)
-            image = render.RENDERERS[kind](values, cam, self.picture, options)
-            cols[f"file_{kind}"] = f"{name}_{kind}.png"
-            cols[f"sha256_{kind}"] = write_png(out_dir / cols[f"file_{kind}"], image)
-        put("npy", f"{name}.npy", npy_bytes(values))
-        if cam is not None:
-            put("npy_upsampled", f"{name}_upsampled.npy", npy_bytes(cam))
-        for kind, suffix, data in extra_files(self.writes, attr.extras):
-            put(kind, f"{name}_{suffix}", data)
-        for key, legend in attr.extras.items():  # label maps get the class names only the runner knows
-            if isinstance(legend, LabelLegend):
-                names = [f"{c} {self.class_name(c)}" for c in legend.classes]
-                put(f"png_{key}", f"{name}_{key}.png", png_bytes(render.label_legend(legend.image, legend.colors, names)))
-        return cols
-
-    def box_columns(self, attr: Attribution) -> dict[str, Any]:
-        """``box_x0`` ... ``box_y1`` in original-image pixels from ``extras["bbox"]`` (input pixels)."""
-        box = attr.extras.get("bbox")
-        if box is None:
-            return {}
+    def call(self) -> items.Call:
+        """What the writers need (``cnnviz.output.items``): the renders and writes as writer specs,
+        the class names and the box mapping as data."""
+        to_original = None
         if self.original_size is not None and self.preprocess is not None:
-            box = box_to_original(box, self.original_size, self.preprocess)
-        return dict(zip(("box_x0", "box_y0", "box_x1", "box_y1"), (int(v) for v in box)))
+            size, pre = self.original_size, self.preprocess
+            to_original = lambda box: box_to_original(box, size, pre)  # noqa: E731
+        return items.Call(self.image, self.picture, self.attributions, outputs(self.renders, self.writes),
+                          self.class_names, self.meta, to_original, self.warnings)
 
     def rows(self, out_dir: str | os.PathLike, options: RenderOptions = RenderOptions(), with_target: bool = False) -> list[dict[str, Any]]:
         """Write every file; one manifest row (without run-level columns) per Attribution."""
-        out_dir = Path(out_dir)
-        input_name = f"{self.image}_input.png"  # the picture once per call, shared by its rows
-        picture = {"file_input": input_name, "sha256_input": _write_input(out_dir / input_name, self.picture)}
-        out = []
-        for attr in self.attributions:
-            row = {"image": self.image, "layer": attr.layer, "method": attr.method, "params": attr.params,
-                   **self.meta, **self.prediction_columns(attr)}
-            name = stem(self.image, attr.method, attr.layer, row["target"], with_target)
-            row.update(picture)
-            row.update(self.write_files(attr, name, out_dir, options))
-            row.update(attr.metrics)
-            row.update(self.box_columns(attr))
-            row.update(status="ok", error="", warnings="; ".join(attr.warnings), layers_in_call=len(self.attributions))
-            out.append(row)
-        return out
+        return items.rows(self.call(), Path(out_dir), options, with_target)
 
     def save(self, out_dir: str | os.PathLike, options: RenderOptions = RenderOptions()) -> list[dict[str, Any]]:
         """Write the files and add the rows to ``out_dir/manifest.csv``, as the runner does."""
@@ -227,10 +141,19 @@ def explain(
     preprocess_config: Any = None,
     class_names: Sequence[str] = (),
     name: Optional[str] = None,
+    fast_copy: bool = False,
+    speed: Optional[Speed] = None,
     **params: Any,
 ) -> Explanation:
     """Run one technique on any ``nn.Module`` and an image (a path, a PIL image, or a normalised
-    ``(1, 3, H, W)`` tensor). ``params`` are the technique's hyperparameters."""
+    ``(1, 3, H, W)`` tensor). ``params`` are the technique's hyperparameters.
+
+    Accelerations are off unless asked: ``fast_copy=True`` runs the model's BatchNorm-folded
+    channels-last copy (same function, other rounding; ``cnnviz.speed.fastpath``); ``speed`` gives all
+    of them (``cnnviz.speed.Speed``) and then ``fast_copy`` must be left False."""
+    if speed is not None and fast_copy:
+        raise ValueError("give fast_copy=True or speed=Speed(fast_copy=True, ...), not both")
+    speed = speed if speed is not None else Speed(fast_copy=fast_copy)
     pre = preprocess_config or Preprocess()
     m = get_method(method)(**params) if isinstance(method, str) else method
     for key in ("input_mean", "input_std"):
@@ -241,6 +164,6 @@ def explain(
     layers = [layer] if isinstance(layer, str) else list(layer or [])
     if m.needs_layer and not layers:
         raise ValueError(f"{m.name} needs layer=<dotted module name>")
-    attrs = compute(m, model, x.to(device), target, layers)
+    attrs = compute(m, model, x.to(device), target, layers, speed)
     return Explanation(safe_name(name or default_name), picture, attrs, m.renders, class_names, writes=m.writes,
                        original_size=size, preprocess=pre)

@@ -3,42 +3,78 @@
 ``compute`` runs one technique (one Attribution per layer); ``compute_group`` runs several on the
 same input and target, one shared gradient pass per backward rule. The runner and ``explain`` both
 call these, so a notebook result and a runner result come from one code path.
+
+Both take a ``speed`` (``cnnviz.speed.Speed``): the accelerations applied around the call. None
+keeps those of the enclosing scope (the runner applies its configuration's around a whole run, its
+metrics included); the library's own default, outside any scope, is every acceleration off.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence, Union
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .core.attribution import Attribution
-from .core.passes import shared_passes
+from .core.passes import BackwardRule, shared_passes
 from .core.targets import Target
 from .methods.base import Method
+from .speed import Speed, applied
 
 
-def compute(method: Method, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str]) -> list[Attribution]:
-    """Every Attribution of one call: one per layer for layer techniques (one shared pass), else one."""
-    if method.needs_layer:
-        return method.attribute_layers(model, x, target, list(layers))
-    return [method(model, x, target)]
+@dataclass(frozen=True)
+class ItemResult:
+    """One technique's outcome on one input and target: its Attributions (one per layer), or the
+    exception that stopped it (kept, so that the runner records it and the other items still run),
+    and the milliseconds it took, its share of the shared passes included."""
+
+    attributions: Optional[list[Attribution]]
+    error: Optional[Exception] = None
+    ms: float = 0.0
+
+    @classmethod
+    def failed(cls, error: Exception, ms: float = 0.0) -> "ItemResult":
+        return cls(None, error, ms)
+
+
+def _scope(speed: Optional[Speed]):
+    return applied(speed) if speed is not None else nullcontext()
+
+
+def compute(method: Method, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str],
+            speed: Optional[Speed] = None) -> list[Attribution]:
+    """Every Attribution of one call: one per layer for layer techniques (one shared pass), else one.
+    ``speed``: the accelerations for this call (None: those of the enclosing scope)."""
+    with _scope(speed):
+        if method.needs_layer:
+            return method.attribute_layers(model, x, target, list(layers))
+        return [method(model, x, target)]
 
 
 def compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor, target: Target,
-                  layers: dict[str, Sequence[str]]) -> dict[str, tuple[Union[list[Attribution], Exception], float]]:
+                  layers: dict[str, Sequence[str]], speed: Optional[Speed] = None) -> dict[str, ItemResult]:
     """Several techniques on one image and target, sharing their gradient passes: one pass per
     backward rule serves every technique that asks for it (vanilla, input x gradient and every
     gradient CAM at every layer from one plain pass; guided backprop and guided Grad-CAM from one
-    guided pass). Per technique: its Attributions (or the exception) and its share of the time in
-    milliseconds. The results equal those of calling each technique on its own."""
-    requests = {name: m.pass_requests(layers[name]) for name, m in methods.items()}
-    by_rule: dict[tuple, list] = {}
+    guided pass). Per technique: an ``ItemResult``, its Attributions (or the exception) and its share
+    of the time in milliseconds. The results equal those of calling each technique on its own.
+    ``speed``: the accelerations for this call (None: those of the enclosing scope)."""
+    with _scope(speed):
+        return _compute_group(methods, model, x, target, layers)
+
+
+def _compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor, target: Target,
+                   layers: dict[str, Sequence[str]]) -> dict[str, ItemResult]:
+    requests = {name: m.pass_requests(layers[name]) if m.shares_passes else [] for name, m in methods.items()}
+    by_rule: dict[BackwardRule, list] = {}
     for reqs in requests.values():
         for r in reqs:
             by_rule.setdefault(r.rule, []).append(r)
-    passes: dict[tuple, Any] = {}
-    pass_ms: dict[tuple, float] = {}
+    passes: dict[BackwardRule, Any] = {}
+    pass_ms: dict[BackwardRule, float] = {}
     for rule, reqs in by_rule.items():
         start = time.perf_counter()
         try:
@@ -47,7 +83,7 @@ def compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor,
             passes[rule] = e
         pass_ms[rule] = (time.perf_counter() - start) * 1000.0
     users = {rule: sum(any(r.rule == rule for r in reqs) for reqs in requests.values()) for rule in by_rule}
-    out: dict[str, tuple[Union[list[Attribution], Exception], float]] = {}
+    out: dict[str, ItemResult] = {}
     for name, m in methods.items():
         start = time.perf_counter()
         rules = list(dict.fromkeys(r.rule for r in requests[name]))
@@ -57,7 +93,8 @@ def compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor,
             if failed:
                 raise failed[0]
             result = m.from_passes(model, x, target, layers[name], passes) if rules else compute(m, model, x, target, layers[name])
+            error = None
         except Exception as e:
-            result = e
-        out[name] = (result, shared_ms + (time.perf_counter() - start) * 1000.0)
+            result, error = None, e
+        out[name] = ItemResult(result, error, shared_ms + (time.perf_counter() - start) * 1000.0)
     return out

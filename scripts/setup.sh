@@ -27,7 +27,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 SHARED_IMAGES="${CNNVIZ_SHARED_IMAGES:-$ROOT/../shared/images}"
-CACHE="${CNNVIZ_CACHE:-$HOME/.cache/cnnviz}"
+CACHE="${CNNVIZ_HOME:-${CNNVIZ_CACHE:-$HOME/.cache/cnnviz}}"
 if [ -d "$SHARED_IMAGES" ]; then
   mkdir -p "$CACHE/images"
   for f in "$SHARED_IMAGES"/*.png; do

@@ -19,7 +19,7 @@ SHARED_IMAGES = ROOT.parent / "shared" / "images"
 
 @pytest.fixture(scope="session")
 def image_cache(tmp_path_factory) -> Path:
-    """A private CNNVIZ_CACHE, seeded from ../shared/images when it exists."""
+    """A private CNNVIZ_HOME, seeded from ../shared/images when it exists."""
     cache = tmp_path_factory.mktemp("cnnviz-cache")
     (cache / "images").mkdir()
     if SHARED_IMAGES.is_dir():
@@ -30,7 +30,7 @@ def image_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(image_cache, monkeypatch):
-    monkeypatch.setenv("CNNVIZ_CACHE", str(image_cache))
+    monkeypatch.setenv("CNNVIZ_HOME", str(image_cache))
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +75,7 @@ def one_thread_everywhere() -> Iterator[None]:
 
 def run_cli(args: list[str], run_dir: Path, cache: Path, timeout: float = 300, multirun_dir: Path | None = None):
     """Run ``python run.py`` as a user would; returns the CompletedProcess."""
-    env = {**os.environ, "CNNVIZ_CACHE": str(cache), "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "CNNVIZ_HOME": str(cache), "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
     dirs = [f"hydra.run.dir={run_dir}"]
     if multirun_dir is not None:
         dirs.append(f"hydra.sweep.dir={multirun_dir}")

@@ -25,7 +25,7 @@ from cnnviz import Attribution, ConfigError, get_method, list_methods
 from cnnviz.core.maps import fuse_layer_maps
 from conftest import hook_count, run_cli, torch_threads
 
-CAM_METHODS = [n for n in list_methods() if get_method(n).kind == "cam"]
+CAM_METHODS = [n for n in list_methods() if get_method(n).map_space == "layer"]
 GRADIENT_CAMS = [n for n in CAM_METHODS if get_method(n).uses_gradients]
 B, H, W = 2, 9, 11
 TARGET = [1, 3]
@@ -857,6 +857,7 @@ def check_rows(df: pd.DataFrame, run_dir) -> None:
             assert (run_dir / f).is_file(), f
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_cli_gradcam_three_vgg19_layers_in_one_call(tmp_path, image_cache):
     ok(run_cli(["method=gradcam", "model=vgg19", "model.weights=null", "layer=[features.16,features.25,features.35]",
                 "image=rocket"], tmp_path, image_cache))
@@ -870,6 +871,7 @@ def test_cli_gradcam_three_vgg19_layers_in_one_call(tmp_path, image_cache):
     assert all(np.load(tmp_path / f).shape == (224, 224) for f in df.file_npy_upsampled)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_cli_layercam_fusion_row(tmp_path, image_cache):
     ok(run_cli(["method=layercam", "method.layercam.fuse=true", "layer=[blocks.5,bn2]", "image=chelsea"], tmp_path, image_cache))
     df = pd.read_csv(tmp_path / "manifest.csv")
@@ -894,6 +896,7 @@ def test_cli_gradient_free_cams(tmp_path, image_cache):
         assert m.shape == (7, 7) and np.isfinite(m).all() and np.abs(m).max() > 0
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_cli_method_level_layer_override(tmp_path, image_cache):
     ok(run_cli(["method=gradcam", "+method.gradcam.layer=[blocks.4,bn2]"], tmp_path, image_cache))
     df = pd.read_csv(tmp_path / "manifest.csv")

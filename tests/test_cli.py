@@ -38,6 +38,7 @@ def spider_run(tmp_path_factory, image_cache):
     return run_dir
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @needs_shared_images
 def test_gradcam_spider_writes_files_manifest_and_env(spider_run):
     for kind in ("cam_gray", "cam_heatmap", "cam_on_image"):
@@ -72,6 +73,7 @@ def test_git_state_from_one_status_call_equals_rev_parse_and_porcelain():
     assert _git_state() == (commit, bool(status))
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @needs_shared_images
 def test_gradcam_spider_covers_the_spider(spider_run):
     """The spider is the dark object on a light background: the CAM's mass sits on dark pixels."""
@@ -84,6 +86,7 @@ def test_gradcam_spider_covers_the_spider(spider_run):
     assert 30 <= xs.mean() <= 150 and 30 <= ys.mean() <= 190
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_classic_four_on_vgg19_random_weights_offline(tmp_path, image_cache):
     ok(run_cli(["method=[vanilla_backprop,guided_backprop,gradcam,guided_gradcam]", "model=vgg19", "model.weights=null",
                 "image=chelsea"], tmp_path, image_cache))
@@ -99,6 +102,7 @@ def test_classic_four_on_vgg19_random_weights_offline(tmp_path, image_cache):
     assert np.load(tmp_path / "chelsea_guided_gradcam_features.35.npy").shape == (3, 224, 224)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_multirun_makes_two_jobs(tmp_path, image_cache):
     sweep = tmp_path / "sweep"
     ok(run_cli(["-m", "method=gradcam,guided_backprop", "image=rocket"], tmp_path / "unused", image_cache, multirun_dir=sweep))
@@ -107,6 +111,7 @@ def test_multirun_makes_two_jobs(tmp_path, image_cache):
     assert sorted(pd.read_csv(m).method.item() for m in manifests) == ["gradcam", "guided_backprop"]
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_cfg_job_inspection_and_console_script(tmp_path, image_cache):
     out = ok(run_cli(["--cfg", "job", "method=[gradcam,guided_backprop]"], tmp_path, image_cache)).stdout
     assert "gradcam:" in out and "guided_backprop:" in out and "efficientnet_lite0" in out
@@ -116,6 +121,7 @@ def test_cfg_job_inspection_and_console_script(tmp_path, image_cache):
     assert proc.returncode == 0 and proc.stdout == out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -142,6 +148,7 @@ def test_configuration_errors_exit_nonzero_before_work(args, expected, tmp_path,
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_device_cuda_without_gpu_is_a_clear_error_and_auto_falls_back(tmp_path, image_cache):
     proc = run_cli(["device=cuda"], tmp_path / "a", image_cache)
@@ -150,6 +157,7 @@ def test_device_cuda_without_gpu_is_a_clear_error_and_auto_falls_back(tmp_path, 
     assert json.loads((tmp_path / "b" / "env.json").read_text())["device"] == "cpu"
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_offline_preset_not_cached_says_where_to_put_it(tmp_path):
     empty = tmp_path / "empty-cache"
     proc = run_cli(["image=snake"], tmp_path / "run", empty)
@@ -158,6 +166,7 @@ def test_offline_preset_not_cached_says_where_to_put_it(tmp_path):
     assert "0e694fcaf61b4c254e4d431896c198835c1e3c6c4f8797940e37fb76a0f0f047" in proc.stderr
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_sha256_mismatch_is_refused_and_moved_aside(tmp_path):
     cache = tmp_path / "cache"
     (cache / "images").mkdir(parents=True)
@@ -173,6 +182,7 @@ def _truncated_png(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:300])
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_unreadable_named_file_is_a_configuration_error(tmp_path, image_cache):
     _truncated_png(tmp_path / "broken.png")
     (tmp_path / "text.png").write_text("not an image")
@@ -181,6 +191,7 @@ def test_unreadable_named_file_is_a_configuration_error(tmp_path, image_cache):
         assert proc.returncode == 2 and "not a readable image" in proc.stderr
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_failed_item_is_recorded_and_the_rest_still_run(tmp_path, image_cache):
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -198,6 +209,7 @@ def test_failed_item_is_recorded_and_the_rest_still_run(tmp_path, image_cache):
     assert set(df[df.image != "b_broken"].status) == {"ok"}
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_errors_and_reruns_never_lose_earlier_results(tmp_path, image_cache):
     ok(run_cli(["image=rocket"], tmp_path, image_cache))
     before = snapshot(tmp_path)
@@ -213,6 +225,7 @@ def test_errors_and_reruns_never_lose_earlier_results(tmp_path, image_cache):
     assert list(pd.read_csv(tmp_path / "manifest.csv").method) == ["gradcam"]
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_non_square_input_keeps_its_shape(tmp_path, image_cache):
     path = tmp_path / "wide.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (150, 300, 3), dtype=np.uint8)).save(path)
@@ -223,6 +236,7 @@ def test_non_square_input_keeps_its_shape(tmp_path, image_cache):
     assert Image.open(tmp_path / "run" / "wide_gradcam_bn2_cam_on_image.png").size == (448, 224)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_user_image_names_cannot_escape_the_run_folder(tmp_path, image_cache):
     src = tmp_path / "pic.png"
     Image.new("RGB", (40, 40), (200, 10, 10)).save(src)
@@ -232,6 +246,7 @@ def test_user_image_names_cannot_escape_the_run_folder(tmp_path, image_cache):
     assert pd.read_csv(run / "manifest.csv").image.item() == "escape"
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_target_list_gives_one_item_per_target(tmp_path, image_cache):
     ok(run_cli(["image=coffee", "target=[967,504]", "method=gradcam"], tmp_path, image_cache))
     df = pd.read_csv(tmp_path / "manifest.csv")

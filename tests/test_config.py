@@ -16,7 +16,7 @@ from cnnviz.app.choices import unknown_choices
 from cnnviz.app.schema import register_configs
 from cnnviz.core.errors import ConfigError
 from cnnviz.app.plan import build_methods, parse_targets, resolve_device
-from cnnviz.core.registry import get_method
+from cnnviz.methods import get_method
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("model", "image", "method", "experiment")

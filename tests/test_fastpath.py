@@ -2,6 +2,8 @@
 where that holds."""
 from __future__ import annotations
 
+import contextvars
+
 import pytest
 import torch
 from torch import nn
@@ -42,9 +44,43 @@ class BNOnTheInput(ConvBN):
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    fastpath._CACHE.clear()
-    yield
-    fastpath._CACHE.clear()
+    """Each test asks for the fast copy (off in the library API) and starts with an empty cache."""
+    fastpath.clear_cache()
+    with fastpath.using(True):
+        yield
+    fastpath.clear_cache()
+
+
+def test_the_fast_copy_is_off_unless_asked():
+    model, x = ConvBN().eval(), x_of()
+    # a fresh context: what a caller that asked for nothing gets
+    assert contextvars.Context().run(lambda: fastpath.fast_model(model, x)[0]) is model
+    assert contextvars.Context().run(lambda: gradient_pass(model, x, 1)) is not None and not fastpath._CACHE
+    with fastpath.using(False):
+        assert fast_model(model, x)[0] is model and not fastpath.enabled()
+    assert fast_model(model, x)[0] is not model and fastpath.enabled()  # the block restored the setting
+
+
+def test_the_engine_applies_the_fast_copy_only_for_the_call_that_asks():
+    from cnnviz.engine import compute
+    from cnnviz.speed import Speed
+
+    model, x = ConvBN().eval(), x_of()
+    method = get_method("vanilla_backprop")()
+    with fastpath.using(False):
+        compute(method, model, x, 1, [], Speed())
+        assert not fastpath._CACHE
+        compute(method, model, x, 1, [], Speed(fast_copy=True))
+        assert fastpath._CACHE[model].module is not None  # the copy ran
+        assert not fastpath.enabled()  # and the setting ended with the call
+
+
+def test_clear_cache_forgets_every_copy():
+    model, x = ConvBN().eval(), x_of()
+    fast_model(model, x)
+    assert model in fastpath._CACHE
+    fastpath.clear_cache()
+    assert model not in fastpath._CACHE
 
 
 def x_of(seed=1, b=2):
@@ -129,12 +165,14 @@ def test_fast_copy_config_key_switches_the_copy(flag):
 
     from cnnviz.app.plan import build_plan
 
-    plan = build_plan(compose_cfg([f"fast_copy={str(flag).lower()}", "method=vanilla_backprop"]))
-    try:
+    from cnnviz.speed import applied
+
+    with fastpath.using(False):
+        plan = build_plan(compose_cfg([f"fast_copy={str(flag).lower()}", "method=vanilla_backprop"]))
+        assert plan.speed.fast_copy is flag and not fastpath.enabled()  # the plan sets nothing by itself
         x = torch.randn(1, 3, 64, 64)
-        assert (fast_model(plan.model.module, x)[0] is not plan.model.module) is flag  # efficientnet has BatchNorms
-    finally:
-        fastpath.set_enabled(True)
+        with applied(plan.speed):
+            assert (fast_model(plan.model.module, x)[0] is not plan.model.module) is flag  # efficientnet has BatchNorms
 
 
 def test_model_without_batchnorm_gets_a_gradient_free_copy_sharing_storage():

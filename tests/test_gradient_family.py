@@ -866,6 +866,7 @@ def check_seven(run_dir, image: str, layer: str) -> pd.DataFrame:
     return df
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @needs_shared_images
 def test_cli_seven_gradient_techniques_on_the_embedded_model(tmp_path, image_cache):
     ok(run_cli([f"method=[{','.join(SEVEN)}]", "image=snake", "layer=blocks.4", *SMALL], tmp_path, image_cache))
@@ -889,6 +890,7 @@ def test_cli_lrp_on_resnet50_skips(tmp_path, image_cache):
     assert np.isfinite(row.relevance_sum) and np.isfinite(row.conservation_gap)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_cli_lrp_refuses_efficientnet_b0_before_any_work(tmp_path, image_cache):
     proc = run_cli(["method=lrp", "model=timm", "model.arch=efficientnet_b0", "image=rocket",
                     "model.preprocess.input_size=32"], tmp_path, image_cache)

@@ -254,7 +254,7 @@ class FakeResponse:
 def cache(tmp_path, monkeypatch) -> Path:
     """An empty private cache (the shared seeded one must not be modified)."""
     c = tmp_path / "cache"
-    monkeypatch.setenv("CNNVIZ_CACHE", str(c))
+    monkeypatch.setenv("CNNVIZ_HOME", str(c))
     return c
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import importlib
 import os
 import threading
 from contextlib import contextmanager
@@ -13,7 +12,7 @@ import torch
 
 from cnnviz.speed import memory
 from cnnviz.methods import base
-from cnnviz.core.registry import get_method
+from cnnviz.methods import get_method
 
 from conftest import TinyCNN
 
@@ -81,11 +80,15 @@ def test_batched_techniques_run_inside_the_block(monkeypatch, name, many):
         entered.append(name)
         yield
 
-    monkeypatch.setattr(base, "reusing_freed_memory", recording)
+    monkeypatch.setattr(memory, "reusing_freed_memory", recording)
     cls = get_method(name)
     assert cls.many_passes is many
     method = cls(**({"n_samples": 2, "batch_size": 2} if name == "smoothgrad" else {"n_steps": 2} if name == "integrated_gradients" else {}))
-    method(TinyCNN().eval(), torch.rand(1, 3, 16, 16), 0, layer="features.2" if method.needs_layer else None)
+    call = lambda: method(TinyCNN().eval(), torch.rand(1, 3, 16, 16), 0, layer="features.2" if method.needs_layer else None)  # noqa: E731
+    call()
+    assert not entered  # not asked: malloc left alone (the library API's default)
+    with memory.using(True):
+        call()
     assert bool(entered) is many
 
 
@@ -99,24 +102,69 @@ def test_settle_fixes_the_thresholds_where_a_block_leaves_them():
     assert _grows_mmap()  # 64 MB: over it
 
 
+THREAD_CHECK = """
+import threading, numpy as np
+from test_memory import _mmapped_bytes
+from cnnviz.speed import memory
+{setup}
+grew = []
+def allocate():
+    with memory.reusing_freed_memory():
+        for _ in range(2):
+            before = _mmapped_bytes()
+            block = np.ones(96 << 20, dtype=np.uint8)
+            grew.append(_mmapped_bytes() - before >= 96 << 20)
+            del block
+t = threading.Thread(target=allocate)
+t.start()
+t.join()
+print(grew)
+"""
+
+
+def _thread_grew(setup: str) -> str:
+    """In a fresh process (``one_arena`` is for good): whether a thread's 96 MB blocks were mmap'ed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])}
+    out = subprocess.run([sys.executable, "-c", THREAD_CHECK.format(setup=setup)], env=env, cwd=here,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
 @needs_glibc
-def test_a_thread_started_after_import_takes_blocks_above_64_mb_from_the_heap_inside():
-    """``cnnviz.speed.streams`` has later threads share malloc's arenas: an arena of the thread's own grows in
-    heaps of at most 64 MB, so a larger block would be mmap'ed (and faulted in) on every batch."""
-    importlib.import_module("cnnviz.speed.streams")  # what sets it (imported with cnnviz anyway)
+def test_a_thread_started_after_one_arena_takes_blocks_above_64_mb_from_the_heap_inside():
+    """An arena of the thread's own grows in heaps of at most 64 MB, so a larger block would be
+    mmap'ed (and faulted in) on every batch; ``one_arena`` (asked for with ``Speed(reuse_memory=True)``)
+    has later threads share malloc's arenas. Importing the streams alone sets nothing."""
+    assert _thread_grew("memory.one_arena()") == "[False, False]"
+    assert _thread_grew("import cnnviz.speed.streams") == "[True, True]"
 
-    size = 96 << 20
-    grew = []
 
-    def allocate():
-        with memory.reusing_freed_memory():
-            for _ in range(2):
-                before = _mmapped_bytes()
-                block = np.ones(size, dtype=np.uint8)
-                grew.append(_mmapped_bytes() - before >= size)
-                del block
+def test_the_engine_asks_for_reuse_only_when_told():
+    from cnnviz.engine import compute
+    from cnnviz.speed import Speed
 
-    t = threading.Thread(target=allocate)
-    t.start()
-    t.join()
-    assert grew == [False, False]
+    entered = []
+    method = get_method("occlusion")()
+    real = memory.reusing_freed_memory
+
+    @contextmanager
+    def recording():
+        entered.append(1)
+        with real():
+            yield
+
+    x = torch.rand(1, 3, 16, 16)
+    try:
+        memory.reusing_freed_memory = recording
+        compute(method, TinyCNN().eval(), x, 0, [], Speed())
+        assert not entered
+        compute(method, TinyCNN().eval(), x, 0, [], Speed(reuse_memory=True))
+        assert entered
+    finally:
+        memory.reusing_freed_memory = real

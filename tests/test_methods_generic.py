@@ -86,7 +86,7 @@ def test_shapes_and_finite_values(name):
     model, x = TinyCNN(), inputs()
     attr = run(name, model, x)
     assert isinstance(attr, Attribution)
-    if get_method(name).kind == "cam":
+    if get_method(name).map_space == "layer":
         assert attr.values.shape == (B, H, W)  # TinyCNN keeps the resolution at features.3
         assert attr.upsampled.shape == (B, H, W)
         assert attr.is_cam and np.isfinite(attr.upsampled).all()
@@ -244,7 +244,7 @@ def test_render_kinds_are_known_renderers(name):
     cls = get_method(name)
     assert (cls.renders or cls.writes) and set(cls.renders) <= set(RENDERERS)
     cam_kinds = {k for k in cls.renders if k.startswith("cam")}
-    assert bool(cam_kinds) == (cls.kind == "cam")  # a CAM is rendered as a map, a gradient as an image
+    assert bool(cam_kinds) == (cls.map_space == "layer")  # a CAM is rendered as a map, a gradient as an image
 
 
 @pytest.mark.parametrize("name", [n for n in METHODS if get_method(n).writes])
@@ -257,3 +257,81 @@ def test_declared_outputs_are_in_the_extras_and_encode(name):
     assert set(keys) <= set(attr.extras), f"{name} declares {keys} but returns extras {sorted(attr.extras)}"
     files = list(extra_files(cls.writes, attr.extras))
     assert len(files) == len(cls.writes) and all(data for _, _, data in files)
+
+
+# ============================================================================================
+# The protocol (cnnviz/methods/README.md): declared traits, not identity checks
+# ============================================================================================
+
+from cnnviz.core.passes import PLAIN, BackwardRule, PassRequest  # noqa: E402
+from cnnviz.engine import compute_group  # noqa: E402
+from cnnviz.methods.base import CAMMethod, GradientMethod, Method, PerturbationMethod  # noqa: E402
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_technique_declares_where_its_map_lives(name):
+    cls = get_method(name)
+    assert cls.map_space in ("input", "layer")
+    # a layer map is exactly what a CAM makes; everything else is shaped like the input
+    assert (cls.map_space == "layer") == issubclass(cls, CAMMethod)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_technique_that_does_not_share_passes_asks_the_engine_for_none(name):
+    m = method(name)
+    if not m.shares_passes:
+        assert m.pass_requests([LAYER] if m.needs_layer else []) == []
+
+
+def test_occlusion_is_a_perturbation_not_a_gradient():
+    cls = get_method("occlusion")
+    assert issubclass(cls, PerturbationMethod) and not issubclass(cls, GradientMethod)
+    assert cls.many_passes and not cls.shares_passes and cls.map_space == "input"
+
+
+def test_a_misspelt_space_is_refused_where_the_class_is_written():
+    with pytest.raises(TypeError, match="map_space must be one of input, layer"):
+        class Wrong(Method):  # noqa: F841
+            map_space = "cam"
+
+
+def test_backward_rules_are_values_keying_one_pass():
+    assert BackwardRule() == PLAIN and PLAIN.plain
+    assert BackwardRule("guided", "features") == BackwardRule("guided", "features")
+    assert len({BackwardRule("guided"), BackwardRule("guided"), BackwardRule("deconvnet"), PLAIN}) == 3
+    with pytest.raises(Exception):
+        PLAIN.relu = "guided"  # frozen: a pass key cannot change under the engine
+    with pytest.raises(ValueError, match="one of plain, guided, deconvnet"):
+        BackwardRule("guidde")
+    with pytest.raises(ValueError, match="only_under"):
+        BackwardRule("plain", "features")
+    assert get_method("guided_backprop")(only_under="features").pass_requests([]) == [
+        PassRequest(BackwardRule("guided", "features"), (), True)]
+
+
+def test_the_engine_follows_the_declared_trait_not_the_class_layout():
+    """A subclass of a sharing technique that computes on its own says so, and the engine calls its
+    ``attribute`` (before, an identity check on ``attribute`` decided)."""
+    vanilla = get_method("vanilla_backprop")
+
+    class Doubled(vanilla):
+        shares_passes = False
+
+        def attribute(self, model, x, target, layer):
+            a = vanilla()(model, x, target)
+            return Attribution(method="doubled", values=2 * a.values, logits=a.logits, target=a.target)
+
+    model, x = TinyCNN().eval(), inputs()
+    out = compute_group({"v": vanilla(), "d": Doubled()}, model, x, TARGET, {"v": [], "d": []})
+    np.testing.assert_array_equal(out["d"].attributions[0].values, 2 * out["v"].attributions[0].values)
+
+
+@pytest.mark.parametrize("name, params, concurrent", [
+    ("vanilla_backprop", {}, True),
+    ("integrated_gradients", {}, True),
+    ("grad_times_image", {"base": "guided"}, False),
+    ("occlusion", {}, False),
+    ("gradcam", {}, False),
+])
+def test_concurrency_is_declared(name, params, concurrent):
+    assert get_method(name)(**params).concurrent() is concurrent

@@ -335,6 +335,7 @@ def metrics_run(metrics_sweep):
     return next(metrics_sweep.glob("image=coffee,layer=bn2,*"))
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_run_with_deletion_and_insertion_writes_columns_curves_and_summary(metrics_run):
     row = pd.read_csv(metrics_run / "manifest.csv").iloc[0]
     assert row.status == "ok" and 0 <= row.deletion_auc <= 1 and 0 <= row.insertion_auc <= 1 and row.metrics_ms > 0
@@ -351,6 +352,7 @@ def test_run_with_deletion_and_insertion_writes_columns_curves_and_summary(metri
     assert "deletion auc" in (metrics_run / "index.html").read_text()
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_resume_computes_metrics_switched_on_later(metrics_run, tmp_path, caplog):
     """Metrics are not part of an item's key: resuming with a metric newly on recomputes the item
     and replaces its row; resuming with a subset of the metrics done computes nothing."""
@@ -371,6 +373,7 @@ def test_resume_computes_metrics_switched_on_later(metrics_run, tmp_path, caplog
     assert "1 item(s) already complete" in caplog.text and len(third) == 1
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_multirun_over_two_layers_writes_the_summary_at_the_sweep_root(metrics_sweep):
     summary = pd.read_csv(metrics_sweep / "summary.csv")
     assert sorted(summary.layer) == ["blocks.5", "bn2"] and sorted(summary["rank"]) == [1, 2]

@@ -210,6 +210,7 @@ def test_filter_visualization_raises_the_filter_tenfold(lite0):
 
 # --- end to end --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_run_py_writes_the_optimisation_files_and_manifest_columns(tmp_path, image_cache):
     out = tmp_path / "run"
     proc = run_cli(["method=filter_visualization", "layer=blocks.4", "method.filter_visualization.filter=5",

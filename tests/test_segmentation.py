@@ -363,6 +363,7 @@ def test_regions_that_do_not_fit_the_model_or_input(tmp_path):
 # --- end to end ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_run_cli_weakly_supervised_segmentation_on_coffee(tmp_path, image_cache):
     run = tmp_path / "run"
     proc = run_cli(["method=weakly_supervised_segmentation", "image=coffee", "model.preprocess.resize=keep_aspect",
@@ -423,7 +424,7 @@ def test_successive_plans_with_other_regions_on_the_cached_model():
                 "model=torchvision_segmentation", "model._target_=test_segmentation.tiny_segmentation_model",
                 "model.preprocess.input_size=24", "method=vanilla_backprop", f"target={{class:1,region:{spec}}}"])
         plan = build_plan(cfg)
-        attr = compute(plan.methods["vanilla_backprop"], plan.model.module, x, 1, [])[0]
+        attr = compute(plan.methods["vanilla_backprop"], plan.model.module, x, 1, [], plan.speed)[0]
         assert fastpath._CACHE[plan.model.module].module is not None  # the folded copy ran
         with model_state_kept(plan.model.module), torch.no_grad():  # eval mode, as every technique runs
             out = plan.model.module.net(x)["out"][0, 1]

@@ -12,10 +12,16 @@ import torch
 from cnnviz.speed import fastpath
 from cnnviz.speed import streams
 from cnnviz.methods import integrated_gradients as ig_module
-from cnnviz.methods.base import GradientMethod
-from cnnviz.core.registry import get_method
+from cnnviz.methods import get_method
 
 from conftest import TinyCNN, torch_threads
+
+
+@pytest.fixture(autouse=True)
+def _fast_copy():
+    """Streams run only on the fast copy: asked for here, as the runner's ``fast_copy: true`` does."""
+    with fastpath.using(True):
+        yield
 
 
 @pytest.fixture
@@ -103,9 +109,23 @@ def test_streams_run_only_where_asked_and_at_most_one_per_thread():
         with streams.using(2):
             assert streams.stream_count(model, x) == 2
         assert streams.stream_count(model, x) == 1  # the block restored the setting
+    from cnnviz.speed import Speed
+
     for bad in (0, -1, True, 1.5, "2"):
         with pytest.raises(ValueError, match="positive integer"):
-            streams.set_streams(bad)
+            streams.check(bad)
+        with pytest.raises(ValueError, match="positive integer"):
+            Speed(streams=bad)
+        with pytest.raises(ValueError, match="positive integer"), streams.using(bad):
+            pass
+
+
+def test_each_stream_sees_the_callers_settings(two_threads):
+    """Threads do not inherit context variables: every batch a stream runs gets the caller's context."""
+    seen = list(streams.in_order(lambda _: (threading.current_thread().name, fastpath.enabled()), range(4), 2))
+    assert all(name.startswith("cnnviz-stream") and on for name, on in seen)
+    with fastpath.using(False):
+        assert not any(on for _, on in streams.in_order(lambda _: (None, fastpath.enabled()), range(4), 2))
 
 
 @pytest.mark.parametrize("overrides, wanted", [
@@ -119,9 +139,14 @@ def test_model_streams_config_key_sets_the_streams(overrides, wanted):
     from cnnviz.app.plan import build_plan
 
     model, x = TinyCNN().eval(), torch.rand(1, 3, 8, 8)
+    from cnnviz.speed import applied
+
     with torch_threads(2), streams.using(1):
-        build_plan(compose_cfg([*overrides, "method=integrated_gradients"]))
-        assert streams.stream_count(model, x) == wanted
+        plan = build_plan(compose_cfg([*overrides, "method=integrated_gradients"]))
+        assert plan.speed.streams == wanted
+        assert streams.stream_count(model, x) == 1  # building the plan sets nothing
+        with applied(plan.speed):
+            assert streams.stream_count(model, x) == wanted
 
 
 def test_a_bad_model_streams_value_is_a_config_error_naming_the_key():
@@ -147,7 +172,7 @@ def test_a_bad_model_streams_value_is_a_config_error_naming_the_key():
 ])
 def test_only_techniques_that_leave_the_model_alone_run_concurrently(name, params, concurrent):
     m = get_method(name)(**params)
-    assert isinstance(m, GradientMethod) and m.concurrent() is concurrent
+    assert m.concurrent() is concurrent
 
 
 def threads_seen(monkeypatch, module, name: str) -> set[str]:

@@ -1,5 +1,5 @@
 """Sweeps end to end: multirun job folders, the merged manifest and gallery, many items from one
-model load, kill-and-resume, ``cnnviz.app.verify``, the launchers, ``scripts/status.py``, ``explain()``
+model load, kill-and-resume, ``cnnviz.verify``, the launchers, ``scripts/status.py``, ``explain()``
 against the runner, layer patterns, and ``scripts/list_layers.py``.
 
 Subprocesses run ``python run.py`` as a user types it (``conftest.run_cli``). Most runs use the
@@ -133,6 +133,7 @@ def sweep(tmp_path_factory, image_cache):
     return SimpleNamespace(dir=d, out=proc.stdout + proc.stderr)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_sweep_job_folders_are_named_from_the_overrides(sweep):
     # hydra.job.override_dirname: the job's overrides sorted by key, joined with commas
     expected = {f"image=rocket,layer={layer},method=gradcam" for layer in LAYERS}
@@ -145,6 +146,7 @@ def test_sweep_job_folders_are_named_from_the_overrides(sweep):
         assert list(rows.layer) == [layer] and list(rows.status) == ["ok"]
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_sweep_root_has_merged_manifest_index_and_contact_sheet(sweep):
     merged = pd.read_csv(sweep.dir / "manifest.csv")
     assert len(merged) == 3 and "job" in merged.columns
@@ -168,6 +170,7 @@ def test_sweep_root_has_merged_manifest_index_and_contact_sheet(sweep):
     assert (sweep.dir / "manifest.csv").stat().st_mtime_ns >= newest_job
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_merge_manifest_script_rebuilds_the_root_files(sweep, tmp_path):
     copy = tmp_path / "sweep"
     shutil.copytree(sweep.dir, copy)
@@ -184,6 +187,7 @@ def test_merge_manifest_script_rebuilds_the_root_files(sweep, tmp_path):
 # --- 6. the gallery ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_gallery_links_are_relative_and_every_image_exists(sweep):
     pages = [sweep.dir / "index.html"] + [sweep.dir / j / "index.html" for j in job_dirs(sweep.dir)]
     for page in pages:
@@ -215,6 +219,7 @@ def _colourful(hsv: np.ndarray) -> int:
     return int(((hsv[..., 1] > 128) & (hsv[..., 2] > 100)).sum())
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="headless chromium is not installed (CI installs it: .ci/run)")
 def test_gallery_renders_in_headless_chromium(sweep, tmp_path):
     page = sweep.dir / "index.html"
@@ -233,6 +238,7 @@ def test_gallery_renders_in_headless_chromium(sweep, tmp_path):
 # --- 7. status of a finished sweep ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_status_of_a_finished_sweep(sweep):
     proc = ok(script("status.py", str(sweep.dir)))
     assert status_totals(proc.stdout) == {"done": 3, "failed": 0, "pending": 0, "started": 3, "not_started": 0}
@@ -240,11 +246,12 @@ def test_status_of_a_finished_sweep(sweep):
         assert re.search(rf"^{re.escape(job)}\s+1\s+0\s+0$", proc.stdout, re.M), proc.stdout
 
 
-# --- 4. cnnviz.app.verify ------------------------------------------------------------------------------
+# --- 4. cnnviz.verify ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_verify_a_fresh_sweep_reports_every_file_identical(sweep):
-    proc = script("cnnviz.app.verify", str(sweep.dir), timeout=300)
+    proc = script("cnnviz.verify", str(sweep.dir), timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = verify_lines(proc.stdout)
     frames = [pd.read_csv(sweep.dir / j / "manifest.csv") for j in job_dirs(sweep.dir)]
@@ -272,6 +279,7 @@ def run_verify(capsys, *argv) -> tuple[int, list[tuple[str, str, str]], str]:
     return rc, verify_lines(out), out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_verify_reports_a_changed_npy_with_its_max_abs_diff(job_copy, capsys):
     raw = job_copy / "rocket_gradcam_bn2.npy"
     np.save(raw, np.load(raw) + np.float32(0.5))
@@ -284,6 +292,7 @@ def test_verify_reports_a_changed_npy_with_its_max_abs_diff(job_copy, capsys):
     assert "1 file(s) not identical" in out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_verify_reports_a_deleted_png_as_missing(job_copy, capsys):
     (job_copy / "rocket_gradcam_bn2_cam_on_image.png").unlink()
     rc, lines, out = run_verify(capsys, job_copy)
@@ -292,6 +301,7 @@ def test_verify_reports_a_deleted_png_as_missing(job_copy, capsys):
     assert bad == [("missing", str(job_copy / "rocket_gradcam_bn2_cam_on_image.png"))], out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_verify_atol_accepts_a_small_npy_perturbation(job_copy, capsys):
     raw = job_copy / "rocket_gradcam_bn2_upsampled.npy"
     np.save(raw, np.load(raw) + np.float32(1e-4))
@@ -312,6 +322,7 @@ def test_verify_atol_accepts_a_small_npy_perturbation(job_copy, capsys):
 # --- 2. many items, one job, one model load -------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @needs_shared_images
 def test_twelve_items_in_one_job_load_the_model_once(tmp_path, image_cache):
     methods = ["vanilla_backprop", "guided_backprop", "gradcam", "guided_gradcam"]
@@ -358,7 +369,7 @@ def killed(tmp_path_factory, image_cache):
     left it; then the same command with resume=true into the same folder."""
     base = tmp_path_factory.mktemp("kill")
     sweep = base / "multirun"
-    env = {**os.environ, "CNNVIZ_CACHE": str(image_cache), "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "CNNVIZ_HOME": str(image_cache), "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, str(ROOT / "run.py"), *KILL_ARGS, f"hydra.run.dir={base / 'run'}", f"hydra.sweep.dir={sweep}"]
     with open(base / "killed.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -388,12 +399,14 @@ def killed(tmp_path_factory, image_cache):
                            rows_at_kill=rows_at_kill, resumed=resumed, killed_log=(base / "killed.log").read_text())
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_killed_sweep_stopped_midway(killed):
     assert killed.returncode == -signal.SIGKILL
     assert killed.rows_at_kill and 1 <= sum(killed.rows_at_kill.values()) < 6
     assert not (killed.snapshot / "manifest.csv").exists()  # the end-of-multirun merge never ran
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_killed_sweep_leaves_only_whole_files(killed):
     manifests = list(killed.snapshot.glob("*/manifest.csv"))
     assert manifests
@@ -416,6 +429,7 @@ def test_killed_sweep_leaves_only_whole_files(killed):
         loads_whole(path)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_status_of_a_killed_sweep_counts_pending(killed):
     proc = ok(script("status.py", str(killed.snapshot)))
     totals = status_totals(proc.stdout)
@@ -424,6 +438,7 @@ def test_status_of_a_killed_sweep_counts_pending(killed):
     assert totals["started"] + totals["not_started"] == 2
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_resumed_sweep_has_every_item_once_in_the_same_folders(killed):
     ok(killed.resumed)
     # resume is excluded from override_dirname: the resumed jobs write into the killed job's folder
@@ -442,6 +457,7 @@ def test_resumed_sweep_has_every_item_once_in_the_same_folders(killed):
     assert totals == {"done": 6, "failed": 0, "pending": 0, "started": 2, "not_started": 0}
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_resume_does_not_recompute_items_done_before_the_kill(killed):
     ok(killed.resumed)
     assert killed.done
@@ -519,6 +535,7 @@ def partial_resume(multilayer, tmp_path_factory):
     return SimpleNamespace(dir=d, frame=result, kept=kept, stale=stale, log="\n".join(messages))
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_resume_completes_a_call_killed_between_its_layers(partial_resume, multilayer):
     frame = pd.read_csv(partial_resume.dir / "manifest.csv")
     assert sorted(frame.layer) == sorted(LAYERS) and set(frame.status) == {"ok"} and len(frame) == 3
@@ -528,12 +545,14 @@ def test_resume_completes_a_call_killed_between_its_layers(partial_resume, multi
             assert sha(partial_resume.dir / row[f"file_{kind}"]) == full.loc[row.layer, f"sha256_{kind}"]
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_resume_keeps_the_layers_finished_before_the_kill(partial_resume):
     assert re.search(r"resume: 1 \w+\(s\) already complete, skipped", partial_resume.log), partial_resume.log
     for path, mtime in partial_resume.kept.items():
         assert path.stat().st_mtime_ns == mtime, f"{path.name} was recomputed"
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_resume_removes_temporary_files_a_kill_left(partial_resume):
     assert not list(partial_resume.dir.rglob("*.tmp"))
 
@@ -555,16 +574,19 @@ def _two_job_sweep(launcher: str, tmp_path: Path, cache: Path) -> Path:
     return d
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_joblib_launcher_runs_a_two_job_sweep(tmp_path, image_cache):
     _two_job_sweep("joblib", tmp_path, image_cache)
 
 
 # two fresh submitit processes, each importing torch: 10-16 s on 2 cores, not marked slow
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path, image_cache):
     d = _two_job_sweep("submitit_local", tmp_path, image_cache)
     assert (d / ".submitit").is_dir()
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_slurm_launcher_composes(tmp_path, image_cache):
     # run_cli appends hydra.run.dir=..., which argparse refuses after --cfg: call run.py directly
     proc = ok(subprocess.run([sys.executable, str(ROOT / "run.py"), f"hydra.run.dir={tmp_path}", "hydra/launcher=slurm",
@@ -623,30 +645,34 @@ def test_cnnviz_explain_is_still_the_function_after_first_use():
     from cnnviz import explain
 
     assert not inspect.ismodule(explain) and callable(explain)
-    assert callable(cnnviz.api)
+    assert callable(cnnviz.explain) and cnnviz.explain is cnnviz.api.explain
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_explain_from_a_path_saves_what_the_runner_writes(sweep, tmp_path):
     from cnnviz.api import explain  # see test_cnnviz_explain_is_still_the_function_after_first_use
 
     path = tmp_path / "rocket.png"
     _rocket().save(path)
-    ex = explain(_efficientnet(), path, method="gradcam", layer="bn2", preprocess_config=_lite0_preprocess())
+    ex = explain(_efficientnet(), path, method="gradcam", layer="bn2", preprocess_config=_lite0_preprocess(),
+                 fast_copy=True)  # as the runner's fast_copy: true
     out = tmp_path / "saved"
     rows = ex.save(out)
     assert len(rows) == 1
     _same_as_runner(out, sweep.dir / "image=rocket,layer=bn2,method=gradcam")
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_explain_a_list_of_layers_saves_what_the_runner_writes(multilayer, tmp_path):
     from cnnviz.api import explain  # see test_cnnviz_explain_is_still_the_function_after_first_use
 
     ex = explain(_efficientnet(), _rocket(), method="gradcam", layer=list(LAYERS), preprocess_config=_lite0_preprocess(),
-                 name="rocket")
+                 name="rocket", fast_copy=True)  # as the runner's fast_copy: true
     ex.save(tmp_path)
     _same_as_runner(tmp_path, multilayer)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_explain_tensor_input_gives_the_same_raw_map_and_show_draws_a_figure(multilayer, tmp_path):
     import matplotlib
 
@@ -658,7 +684,8 @@ def test_explain_tensor_input_gives_the_same_raw_map_and_show_draws_a_figure(mul
     from cnnviz.data.images import preprocess
 
     x, _ = preprocess(_rocket().convert("RGB"), _lite0_preprocess())
-    ex = explain(_efficientnet(), x, method="gradcam", layer=list(LAYERS), preprocess_config=_lite0_preprocess(), name="rocket")
+    ex = explain(_efficientnet(), x, method="gradcam", layer=list(LAYERS), preprocess_config=_lite0_preprocess(), name="rocket",
+                 fast_copy=True)  # as the runner's fast_copy: true
     runner = pd.read_csv(multilayer / "manifest.csv").set_index("layer")
     for row in ex.save(tmp_path):
         assert row["sha256_npy"] == runner.loc[row["layer"], "sha256_npy"]
@@ -676,6 +703,7 @@ def test_explain_tensor_input_gives_the_same_raw_map_and_show_draws_a_figure(mul
 VGG19_CONVS = [f"features.{i}" for i in (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)]
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_type_conv2d_on_vgg19_gives_sixteen_rows(tmp_path, image_cache):
     proc = ok(run_cli(["model=vgg19", "model.weights=null", "layer=type:Conv2d", "image=rocket"], tmp_path, image_cache))
     assert "gradcam: layer pattern expanded to 16 layers" in proc.stdout + proc.stderr
@@ -709,6 +737,7 @@ def test_layer_all_on_vgg19_keeps_the_layers_gradcam_can_use():
     assert plan.layers["vanilla_backprop"] == []
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_unknown_layer_type_is_a_configuration_error_with_close_matches(tmp_path, image_cache):
     proc = run_cli(["layer=type:Conv2dd", "image=rocket"], tmp_path, image_cache)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -719,6 +748,7 @@ def test_unknown_layer_type_is_a_configuration_error_with_close_matches(tmp_path
 # --- 10. list_layers.py --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_list_layers_prints_vgg19_names_types_and_shapes():
     proc = ok(script("list_layers.py", "model=vgg19", "model.weights=null"))
     lines = proc.stdout.splitlines()

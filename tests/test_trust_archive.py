@@ -156,6 +156,7 @@ def test_run_py_refuses_a_model_target_outside_the_loaders_with_exit_2(tmp_path,
     assert survived(victim)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize("module", ["verify", "rerun"])
 def test_a_hostile_archive_is_refused_and_the_victim_survives(module, job, victim, capsys, tmp_path):
     edit_config(job, hostile(victim))
@@ -187,6 +188,7 @@ def _created(cfg):
     cfg["experiment"] = "${oc.create:'{_target_: shutil.rmtree}'}"
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize("change, key", [
     (_nested, "experiment.evil._target_"), (_in_method, "method.gradcam._target_"), (_in_list, "layer[1]._target_"),
     (_interpolated, "model._target_"), (_created, "experiment._target_"),
@@ -202,6 +204,7 @@ def test_a_target_anywhere_in_an_archive_is_refused(module, change, key, job, ca
     assert not (tmp_path / "again" / "manifest.csv").exists()
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_rerun_refuses_overrides_that_would_build_something(job, capsys, tmp_path):
     """The archived overrides are copied into the new archive, where ``python run.py`` would apply them."""
     recorded = job / ".hydra" / "overrides.yaml"
@@ -243,8 +246,8 @@ def test_rerun_never_loads_a_poisoned_pickle_and_reproduces_the_arrays(job, tmp_
     marker.unlink()
 
     out = tmp_path / "again"
-    env = {**os.environ, "CNNVIZ_CACHE": str(image_cache)}
-    ok(subprocess.run([sys.executable, "-m", "cnnviz.app.rerun", str(job), "--out", str(out)], cwd=ROOT, env=env,
+    env = {**os.environ, "CNNVIZ_HOME": str(image_cache)}
+    ok(subprocess.run([sys.executable, "-m", "cnnviz.rerun", str(job), "--out", str(out)], cwd=ROOT, env=env,
                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL))
     assert not marker.exists()
     assert not (out / ".hydra" / "config.pickle").exists()
@@ -258,6 +261,7 @@ def test_rerun_never_loads_a_poisoned_pickle_and_reproduces_the_arrays(job, tmp_
     assert yaml.safe_load((out / ".hydra" / "overrides.yaml").read_text()) == RUN_ARGS
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_rerun_applies_value_overrides(job, capsys, tmp_path):
     out = tmp_path / "again"
     rc, text = run_main("rerun", capsys, job, "--out", out, "render.alpha=0.7", "layer=bn2")
@@ -272,6 +276,7 @@ def test_rerun_applies_value_overrides(job, capsys, tmp_path):
     assert rows.sha256_cam_on_image.item() != archived.loc["bn2", "sha256_cam_on_image"]
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize("override, words", [
     ("model=vgg19", ["model=vgg19", "config group", "python run.py"]),
     ("'method=[gradcam,cam]'", ["method", "config group"]),
@@ -312,6 +317,7 @@ def test_default_rerun_folder_is_beside_the_run_or_beside_its_sweep(tmp_path):
 # --- point 7: verify checks every byte ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_a_fresh_archive_verifies_and_the_shared_input_is_counted_once(job, capsys):
     rc, out = run_main("verify", capsys, job)
     assert rc == 0, out
@@ -322,6 +328,7 @@ def test_a_fresh_archive_verifies_and_the_shared_input_is_counted_once(job, caps
     assert "1 job(s), 0 file(s) not identical" in out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize("name", ["coffee_gradcam_bn2_cam_on_image.png", "coffee_gradcam_blocks.5_cam_gray.png",
                                   "coffee_input.png"])
 def test_verify_atol_catches_a_replaced_picture(name, job, capsys):
@@ -335,6 +342,7 @@ def test_verify_atol_catches_a_replaced_picture(name, job, capsys):
         assert [n for n, (v, _) in found.items() if v != "identical"] == [name], out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_verify_atol_does_not_excuse_an_array_changed_after_the_run(job, capsys):
     raw = job / "coffee_gradcam_bn2_upsampled.npy"
     np.save(raw, np.load(raw) + np.float32(1e-4))
@@ -344,6 +352,7 @@ def test_verify_atol_does_not_excuse_an_array_changed_after_the_run(job, capsys)
     assert verdict == "different" and "recorded sha256" in detail, out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_verify_atol_accepts_renderings_of_arrays_within_atol(job, capsys):
     """An archive made where the arrays came out slightly different (a GPU): its own manifest
     records its bytes; the PNGs drawn from those arrays then differ from the recompute's."""
@@ -396,6 +405,7 @@ def _only_errors(job):
     frame.to_csv(job / "manifest.csv", index=False)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize("damage, words", [
     (_no_manifest, ["no manifest"]), (_empty, ["empty"]), (_header_only, ["no ok row"]),
     (_a_directory, ["not a file"]), (_not_a_manifest, ["not a cnnviz manifest"]), (_only_errors, ["no ok row"]),
@@ -413,6 +423,7 @@ def test_verify_of_a_folder_without_an_archive(tmp_path, capsys):
     assert rc == 2 and "no archived run" in out, out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_verify_reports_a_damaged_manifest_and_checks_its_intact_rows(job, capsys):
     text = (job / "manifest.csv").read_text()
     cut = text.index('"{', text.index("\n", text.index("\n") + 1))  # inside the second row's quoted params
@@ -425,6 +436,7 @@ def test_verify_reports_a_damaged_manifest_and_checks_its_intact_rows(job, capsy
     assert found["coffee_gradcam_blocks.5.npy"] == ("identical", "")  # the intact first row
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_verify_says_when_the_manifest_is_from_another_configuration(job, capsys):
     def other_layer(cfg):
         cfg["layer"] = "blocks.4"
@@ -435,6 +447,7 @@ def test_verify_says_when_the_manifest_is_from_another_configuration(job, capsys
     assert "Traceback" not in out
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize("change", ["nan", "shape"])
 def test_verify_atol_never_accepts_nan_or_another_shape(change, job, capsys):
     raw = job / "coffee_gradcam_bn2.npy"

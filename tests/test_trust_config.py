@@ -21,7 +21,7 @@ from cnnviz.app.schema import RenderConfig, register_configs
 from cnnviz.core.errors import ConfigError
 from cnnviz.metrics import get_metric, list_metrics
 from cnnviz.app.plan import build_methods, build_metrics
-from cnnviz.core.registry import get_method, list_methods
+from cnnviz.methods import get_method, list_methods
 
 from conftest import run_cli
 

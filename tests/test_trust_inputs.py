@@ -304,7 +304,7 @@ def test_a_missing_path_still_does_not_exist(tmp_path, kind):
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
     c = tmp_path / "cache"
-    monkeypatch.setenv("CNNVIZ_CACHE", str(c))
+    monkeypatch.setenv("CNNVIZ_HOME", str(c))
     (c / "images").mkdir(parents=True)
     return c
 
@@ -454,3 +454,13 @@ def test_run_py_on_a_folder_of_phone_photos(tmp_path, image_cache):
         assert np.array_equal(a, b), c
     assert "3 frames" in str(df.loc["anim", "warnings"]) and "first" in str(df.loc["anim", "warnings"])
     assert "frames" not in str(df.loc["portrait", "warnings"])
+
+
+def test_the_cache_folder_comes_from_cnnviz_home_and_the_former_variable(monkeypatch, tmp_path):
+    from cnnviz.data.images import cache_dir
+
+    monkeypatch.delenv("CNNVIZ_HOME", raising=False)
+    monkeypatch.setenv("CNNVIZ_CACHE", str(tmp_path / "old"))
+    assert cache_dir() == tmp_path / "old"
+    monkeypatch.setenv("CNNVIZ_HOME", str(tmp_path / "new"))
+    assert cache_dir() == tmp_path / "new"

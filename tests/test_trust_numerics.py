@@ -172,7 +172,7 @@ class SqrtNet(nn.Sequential):
                                          pool=nn.AdaptiveAvgPool2d(1), flat=nn.Flatten(), fc=nn.Linear(4, 3)))
 
 
-GRADIENT_CAMS = [n for n in METHODS if get_method(n).kind == "cam" and get_method(n).uses_gradients]
+GRADIENT_CAMS = [n for n in METHODS if get_method(n).map_space == "layer" and get_method(n).uses_gradients]
 
 
 @pytest.mark.parametrize("name", GRADIENT_CAMS)
@@ -185,7 +185,7 @@ def test_a_non_finite_cam_is_an_error_not_a_blank_map(name):
         get_method(name)()(model, x, 1, layer="act")
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if get_method(n).kind == "cam"])
+@pytest.mark.parametrize("name", [n for n in METHODS if get_method(n).map_space == "layer"])
 def test_non_finite_activations_are_an_error_for_every_cam(name):
     """Named as such, also where the technique would otherwise fail on its own (EigenCAM's SVD)."""
     model, x = OverflowNet(), inputs(batch=1)
@@ -199,9 +199,9 @@ def test_compute_group_reports_a_non_finite_map_as_that_techniques_error():
     model, x = OverflowNet(), inputs(batch=1)
     methods = {"gradcam": get_method("gradcam")(), "vanilla_backprop": get_method("vanilla_backprop")()}
     out = compute_group(methods, model, x, 1, {"gradcam": ["big"], "vanilla_backprop": []})
-    assert isinstance(out["gradcam"][0], NonFiniteError)
+    assert isinstance(out["gradcam"].error, NonFiniteError)
     # the other technique of the group is unaffected
-    assert isinstance(out["vanilla_backprop"][0], list) and np.isfinite(out["vanilla_backprop"][0][0].values).all()
+    assert out["vanilla_backprop"].error is None and np.isfinite(out["vanilla_backprop"].attributions[0].values).all()
 
 
 # --------------------------------------------------------------------------------------------

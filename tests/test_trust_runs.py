@@ -70,6 +70,7 @@ def test_atomic_write_gives_the_umask_permissions(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_run_folder_files_are_0644(base_run):
     umask = os.umask(0)
     os.umask(umask)
@@ -98,6 +99,7 @@ def _picture(path: Path, seed: int) -> None:
     Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_resume_recomputes_an_input_replaced_under_the_same_name(tmp_path, image_cache):
     pics = tmp_path / "pics"
     pics.mkdir()
@@ -145,6 +147,7 @@ with exclusive(Path(sys.argv[1])):
 """
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_holder_frees_it(tmp_path, image_cache):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -161,9 +164,10 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_holder_frees_it
     assert not unlisted(run)
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_two_runs_started_together_leave_no_unlisted_file(tmp_path, image_cache):
     run = tmp_path / "run"
-    env = {**os.environ, "CNNVIZ_CACHE": str(image_cache), "HYDRA_FULL_ERROR": "0"}
+    env = {**os.environ, "CNNVIZ_HOME": str(image_cache), "HYDRA_FULL_ERROR": "0"}
     cmds = [[sys.executable, str(ROOT / "run.py"), "image=[rocket,chelsea]", "method=[vanilla_backprop,gradcam]",
              f"hydra.run.dir={run}"]] * 2
     procs = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -182,6 +186,7 @@ def test_two_runs_started_together_leave_no_unlisted_file(tmp_path, image_cache)
 # --- 6. a failed start leaves the archive as it was; another configuration is refused ----------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize("bad", [[*FAST, "target=5000"], ["image=file", "image.file.path=/nonexistent.png", "method=vanilla_backprop"],
                                  ["image=rocket", "method=gradcam"], [*FAST, "render.alpha=0.5"]],
                          ids=["config-error", "missing-file", "other-method", "other-render"])
@@ -194,6 +199,7 @@ def test_a_failed_or_different_start_leaves_the_archive_untouched(bad, base_run,
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_another_configuration_is_refused_naming_the_keys(base_run, tmp_path, image_cache):
     run = copy_run(base_run, tmp_path)
     proc = run_cli(["image=chelsea", "method=vanilla_backprop"], run, image_cache)
@@ -201,6 +207,7 @@ def test_another_configuration_is_refused_naming_the_keys(base_run, tmp_path, im
     assert "holds the outputs of another configuration" in proc.stderr and "image.chelsea" in proc.stderr
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_the_same_configuration_may_run_again_and_resume(base_run, tmp_path, image_cache):
     run = copy_run(base_run, tmp_path)
     ok(run_cli([*FAST, "resume=true", "--allow-failures"], run, image_cache))
@@ -239,6 +246,7 @@ def test_read_manifest_keeps_intact_rows_and_names_the_first_bad_one(tmp_path):
         Manifest(tmp_path / "manifest.csv")
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_a_damaged_manifest_is_reported_then_resume_keeps_the_intact_rows(tmp_path, image_cache):
     run = tmp_path / "run"
     args = ["image=[rocket,chelsea]", "method=gradcam"]  # gradcam's params are a quoted JSON field
@@ -260,6 +268,7 @@ def test_a_damaged_manifest_is_reported_then_resume_keeps_the_intact_rows(tmp_pa
     assert len(copies) == 1 and copies[0].read_bytes() == damaged
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_a_manifest_that_is_a_directory_is_a_clear_error(tmp_path, image_cache):
     run = tmp_path / "run"
     (run / "manifest.csv").mkdir(parents=True)
@@ -280,6 +289,7 @@ def half_bad_folder(tmp_path):
     return pics
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_a_run_with_a_failed_item_exits_3_and_says_so_last(half_bad_folder, tmp_path, image_cache):
     args = ["image=folder", f"image.folder.path={half_bad_folder}", "method=vanilla_backprop"]
     proc = run_cli(args, tmp_path / "a", image_cache)
@@ -292,6 +302,7 @@ def test_a_run_with_a_failed_item_exits_3_and_says_so_last(half_bad_folder, tmp_
     ok(run_cli([*args, "allow_failures=true"], tmp_path / "c", image_cache))
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_a_multirun_with_failures_exits_3_and_still_merges(half_bad_folder, tmp_path, image_cache):
     sweep = tmp_path / "sweep"
     # four jobs: two with a failing item (the broken file), two stopped by a configuration error
@@ -312,6 +323,7 @@ def test_a_multirun_with_failures_exits_3_and_still_merges(half_bad_folder, tmp_
 # --- 14. messages ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 @pytest.mark.parametrize("where", ["file", "under-file"])
 def test_an_output_folder_that_cannot_be_made_is_one_line(where, tmp_path, image_cache):
     blocker = tmp_path / "blocker"
@@ -331,6 +343,21 @@ def test_terminal_codes_are_stripped_from_messages_and_rows():
     assert plain_text("\x1b[31mred\x1b[0m and \x1b[1;33mbold\x1b[m \x1b]8;;http://x\x07link") == "red and bold link"
 
 
+@pytest.mark.slow  # end to end: run.py / script processes
 def test_no_pickle_is_written_into_an_archive(base_run):
     assert not list(base_run.rglob("*.pickle"))
     assert {p.name for p in (base_run / ".hydra").iterdir()} == {"config.yaml", "overrides.yaml", "hydra.yaml"}
+
+
+def test_archives_that_name_a_loader_by_its_former_module_still_resolve():
+    """Run folders made before the package was grouped by role name ``cnnviz.models.<fn>``."""
+    from cnnviz.core.errors import ConfigError
+    from cnnviz.models.loaders import efficientnet_lite0
+    from cnnviz.models.registry import canonical_loader, get_loader
+
+    assert get_loader("cnnviz.models.efficientnet_lite0") is efficientnet_lite0
+    assert canonical_loader("cnnviz.segmentation_models.torchvision_segmentation") == \
+        "cnnviz.models.segmentation.torchvision_segmentation"
+    for hostile in ("cnnviz.models.os", "cnnviz.segmentation_models.torch", "cnnviz.models.loaders.torch"):
+        with pytest.raises(ConfigError, match="is not a cnnviz model loader"):
+            get_loader(hostile)

@@ -18,12 +18,13 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from ..core.errors import ConfigError
+from ..models.registry import canonical_loader
 from ..output.files import atomic_write
 
-#: Keys that may differ between runs into one folder: they change which items are (re)computed
-#: or how failures are reported, never what an item's files hold. Metrics are not part of an
-#: item's identity: a resume with a metric switched on recomputes the items without it.
-MAY_DIFFER = ("resume", "allow_failures", "metrics")
+#: Keys that may differ between runs into one folder: they change which items are (re)computed,
+#: how failures are reported or how memory is managed, never what an item's files hold. Metrics are
+#: not part of an item's identity: a resume with a metric switched on recomputes the items without it.
+MAY_DIFFER = ("resume", "allow_failures", "metrics", "reuse_memory")
 
 CONFIG = Path(".hydra") / "config.yaml"
 LOCK = ".cnnviz.lock"
@@ -89,7 +90,11 @@ def check_same_config(folder: Path, cfg: DictConfig, key: str = "hydra.run.dir")
     except Exception as e:
         raise ConfigError(f"{key}: {path} cannot be read ({type(e).__name__}: {e}); this folder's archive is "
                           "damaged: run into another folder") from None
-    diff = differences(archived, OmegaConf.to_container(cfg, resolve=False))
+    current = OmegaConf.to_container(cfg, resolve=False)
+    for conf in (archived, current):  # a loader's former import path names the same loader
+        if isinstance(conf.get("model"), dict) and "_target_" in conf["model"]:
+            conf["model"]["_target_"] = canonical_loader(conf["model"]["_target_"])
+    diff = differences(archived, current)
     if diff:
         shown = ", ".join(diff[:6]) + (" ..." if len(diff) > 6 else "")
         raise ConfigError(f"{key}: {folder} holds the outputs of another configuration (it differs in {shown}); "

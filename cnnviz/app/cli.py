@@ -1,5 +1,9 @@
 """Command line: ``cnnviz ...`` is the same as ``python run.py ...``.
 
+Importing this module imports Hydra and the configuration schema only: torch, the techniques and the
+writers are imported inside the task (``_run_job``) and the multirun callback, so ``--help``,
+``--cfg job`` and every configuration error caught before Hydra answer without them.
+
 Exit status: 0 when every item is ``ok``; 2 for a configuration error (nothing computed, an
 existing archive left as it was); 3 when some items (or, in a multirun, some jobs) failed — their
 manifest rows say why, and ``--allow-failures`` (or ``allow_failures=true``) turns that into 0.
@@ -146,7 +150,6 @@ def _make_folder(folder: Path, key: str) -> None:
 def entry(hydra_main: Callable[[], None], argv: Optional[list[str]] = None) -> None:
     """Run a ``@hydra.main`` function as the command line does: close-match checks before Hydra,
     ``--allow-failures``, and a multirun's exit status and merged manifest even when jobs failed."""
-    from ..app import sweep
     from .choices import check_choices
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -159,7 +162,10 @@ def entry(hydra_main: Callable[[], None], argv: Optional[list[str]] = None) -> N
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    if sweep.STARTED.root is not None:
+    # the sweep module (pandas, the gallery) is imported by the multirun callback only: --help, --cfg and
+    # configuration errors answer without it
+    sweep = sys.modules.get(f"{__package__}.sweep")
+    if sweep is not None and sweep.STARTED.root is not None:
         code = sweep.finish(code)
     sys.exit(code)
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..speed import fastpath
+from ..speed import Speed
 from .schema import ImageConfig, ModelConfig, RenderConfig, check_keys
 from ..core.constraints import check_values
 from ..core.errors import ConfigError, close_matches, unknown
@@ -22,9 +22,8 @@ from ..core.layers import resolve_layer
 from ..methods.base import Method
 from ..metrics import Metric, get_metric
 from ..models.loaders import LoadedModel, check_finite
-from ..core.registry import get_method
+from ..methods import get_method
 from ..models.segmentation import apply_region, split_region_target
-from ..speed.streams import set_streams
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,8 @@ class Plan:
     resume: bool = False
     #: per-map metrics applied after each technique (``metrics=[...]``), in config order
     metrics: dict[str, Metric] = dataclasses.field(default_factory=dict)
+    #: the accelerations the run applies (``fast_copy``, ``model.streams``, ``reuse_memory``)
+    speed: Speed = Speed()
 
 
 def plain(value: Any) -> Any:
@@ -243,14 +244,14 @@ def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], expanded
         raise ConfigError(f"model {plan_model.name} returns shape {tuple(logits.shape)}; cnnviz expects (B, classes) logits")
     for name, m in methods.items():
         if name in expanded:
-            layers[name] = [l for l in layers[name] if l in out and (m.kind != "cam" or out[l].ndim == 4)]
+            layers[name] = [l for l in layers[name] if l in out and (m.map_space != "layer" or out[l].ndim == 4)]
             if not layers[name]:
                 raise ConfigError(f"layer: the pattern matched no layer that {name} can use (it needs (B, C, H, W) outputs)")
             log.info("%s: layer pattern expanded to %d layers", name, len(layers[name]))
         for layer in layers[name]:
             if layer not in out:
                 raise ConfigError(f"layer '{layer}' never ran in the forward pass of {plan_model.name}")
-            if m.kind == "cam" and out[layer].ndim != 4:
+            if m.map_space == "layer" and out[layer].ndim != 4:
                 raise ConfigError(
                     f"{name} needs a layer whose output is (B, C, H, W), but layer '{layer}' outputs "
                     f"{tuple(out[layer].shape)}; choose a convolutional layer (layer=...)"
@@ -264,9 +265,9 @@ def build_plan(cfg: DictConfig) -> Plan:
         check_keys(image_cfg, ImageConfig, f"image.{key}")
     check_preprocess(cfg.model.preprocess)
     device = resolve_device(cfg.device)
-    fastpath.set_enabled(bool(cfg.get("fast_copy", True)))
     try:
-        set_streams(cfg.model.get("streams", 1))
+        speed = Speed(fast_copy=bool(cfg.get("fast_copy", True)), streams=cfg.model.get("streams", 1),
+                      reuse_memory=bool(cfg.get("reuse_memory", True)))
     except ValueError as e:
         raise ConfigError(f"model.{e}: 1 runs integrated gradients' and SmoothGrad's batches one after another, "
                           "2 in two parallel streams on CPU (model.streams=2)") from None
@@ -304,4 +305,4 @@ def build_plan(cfg: DictConfig) -> Plan:
     num_classes = probe_layers(model, layers, expanded, methods, cfg.model.preprocess, device)
     targets = parse_targets(target, num_classes)
     return Plan(device, model, cfg.model.preprocess, methods, layers, targets, unique_names(images), num_classes,
-                int(cfg.seed), cfg.render, bool(cfg.resume), metrics)
+                int(cfg.seed), cfg.render, bool(cfg.resume), metrics, speed)

@@ -1,6 +1,6 @@
 """Run an archived configuration again, from its YAML alone.
 
-    python -m cnnviz.app.rerun RUN_DIR [--out NEW_DIR] [key=value ...]
+    python -m cnnviz.rerun RUN_DIR [--out NEW_DIR] [key=value ...]
 
 Hydra's ``--experimental-rerun`` unpickles ``.hydra/config.pickle``, and a replaced pickle runs any
 code the moment it is loaded. This rerun never opens a pickle: it reads the archived
@@ -171,13 +171,13 @@ def rerun(run: Path, out: Optional[Path], overrides: list[str]) -> int:
     cfg = apply_overrides(cfg, overrides)
     check_targets(cfg, "the configuration after the overrides")
     out = Path(out) if out is not None else default_out(run, time.strftime("%Y-%m-%d_%H-%M-%S"))
-    print(f"cnnviz.app.rerun: {run} -> {out}" + (f" (archived overrides: {' '.join(recorded)})" if recorded else ""),
+    print(f"cnnviz.rerun: {run} -> {out}" + (f" (archived overrides: {' '.join(recorded)})" if recorded else ""),
           file=sys.stderr)
     return run_job(cfg, out, [*recorded, *overrides], key="--out")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cnnviz.app.rerun", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m cnnviz.rerun", description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path, help="an archived run folder (one job of a sweep)")
     ap.add_argument("--out", type=Path, default=None, help="the new run folder (default: beside the archive)")
     ap.add_argument("overrides", nargs="*", help="key=value changes to the archived configuration")
@@ -185,7 +185,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return rerun(args.folder, args.out, args.overrides)
     except ConfigError as e:
-        print(f"cnnviz.app.rerun: configuration error: {e}", file=sys.stderr)
+        print(f"cnnviz.rerun: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
 
 

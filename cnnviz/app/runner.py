@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pandas as pd
 import torch
@@ -21,12 +21,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from ..output.envinfo import environment
-from ..api import Explanation, RenderOptions
-from ..engine import compute_group
+from ..api import Explanation
+from ..engine import ItemResult, compute_group
+from ..speed import applied
 from ..output.files import atomic_write
 from ..output.gallery import write_gallery
 from ..data.images import box_to_input, preprocess
 from ..output.manifest import Manifest
+from ..output.render import RenderOptions
 from ..metrics import evaluate, writes_of
 from ..metrics.pointing_game import box_mask
 from .plan import Plan, build_plan
@@ -60,6 +62,8 @@ def units_of(plan: Plan) -> list[Unit]:
 class LoadedImage:
     """An image read and preprocessed for the model."""
 
+    #: the image's name in the plan (the ``image`` column, the files' stem)
+    name: str
     sha256: str
     x: torch.Tensor
     #: the uint8 (H, W, 3) picture the input shows
@@ -72,10 +76,27 @@ class LoadedImage:
     warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class RunOutput:
+    """Where and how every item of a run is written."""
+
+    plan: Plan
+    out_dir: Path
+    options: RenderOptions
+    #: several targets per image: the files' names carry the target (``_t<k>``)
+    with_target: bool
+
+
 def execute(plan: Plan, out_dir: Path, load_s: float = 0.0, manifest: Manifest | None = None) -> pd.DataFrame:
     """Compute every item of ``plan`` into ``out_dir``; ``load_s``: the time the plan took to build
     (model load), reported with the run's own timing in the log and in ``progress.json``;
-    ``manifest``: the folder's manifest when the caller has already read (and checked) it."""
+    ``manifest``: the folder's manifest when the caller has already read (and checked) it.
+    The configuration's accelerations (``plan.speed``) apply to this run only, metrics included."""
+    with applied(plan.speed):
+        return _execute(plan, out_dir, load_s, manifest)
+
+
+def _execute(plan: Plan, out_dir: Path, load_s: float, manifest: Manifest | None) -> pd.DataFrame:
     wall0 = time.perf_counter()
     clock = {"compute": 0.0}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,8 +109,7 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0, manifest: Manifest |
     units = units_of(plan)
     planned = sum(len(u.layers) or 1 for u in units)
     atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": len(units)}).encode())
-    options = RenderOptions(plan.render.colormap, float(plan.render.alpha))
-    with_target = len(plan.targets) > 1
+    output = RunOutput(plan, out_dir, RenderOptions(plan.render.colormap, float(plan.render.alpha)), len(plan.targets) > 1)
     groups = list(dict.fromkeys((u.image, u.target) for u in units))
     skipped = 0
     log.info("%d calls: %d image(s) x %d method(s) x %d target(s), model %s",
@@ -116,7 +136,7 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0, manifest: Manifest |
                 continue
             start = time.perf_counter()
             if isinstance(loaded, Exception):
-                results = {u.method: (loaded, 0.0) for u in todo}
+                results = {u.method: ItemResult.failed(loaded) for u in todo}
             else:
                 target = src.default_target if target_request is None else target_request
                 torch.manual_seed(plan.seed)
@@ -124,14 +144,15 @@ def execute(plan: Plan, out_dir: Path, load_s: float = 0.0, manifest: Manifest |
                                         None if target == "top1" else target, {u.method: u.layers for u in todo})
             clock["compute"] += time.perf_counter() - start
             for unit in todo:
-                result, ms = results[unit.method]
-                if plan.metrics and not isinstance(result, Exception) and not isinstance(loaded, Exception):
-                    results[unit.method] = ([evaluate(plan.metrics, a, plan.model.module, loaded.x, method=plan.methods[unit.method],
-                                                      layers=unit.layers, mask=loaded.mask) for a in result], ms)
+                result = results[unit.method]
+                if plan.metrics and result.error is None:
+                    results[unit.method] = dataclasses.replace(result, attributions=[
+                        evaluate(plan.metrics, a, plan.model.module, loaded.x, method=plan.methods[unit.method],
+                                 layers=unit.layers, mask=loaded.mask) for a in result.attributions])
             # the items' files are written side by side (numpy, zlib and file writes release the GIL);
             # the group's rows then go into the manifest with one write
-            written = _writers().map(lambda u: _item_rows(u, base[u.method], *results[u.method], loaded, src, plan,
-                                                          out_dir, options, with_target), todo)
+            image = None if isinstance(loaded, Exception) else loaded
+            written = _writers().map(lambda u: _item_rows(u, base[u.method], results[u.method], image, output), todo)
             group_rows = []
             for unit, rows in zip(todo, written):
                 for row in rows:
@@ -229,30 +250,31 @@ def _log_row(image: str, unit: Unit, row: dict) -> None:
              row["target_prob"] if row["target_prob"] is not None else float("nan"), row["duration_ms"])
 
 
-def _item_rows(unit: Unit, base: dict, result, ms: float, loaded, src, plan: Plan, out_dir: Path,
-               options: RenderOptions, with_target: bool) -> list[dict]:
-    """Write one technique's files; its rows, or its error rows (never raises for the item)."""
-    try:
-        if isinstance(result, Exception):
-            raise result
-        share = ms / len(result)
-        meta = {"image_sha256": loaded.sha256, "model": plan.model.name, "weights": plan.model.weights,
-                "weights_sha256": base["weights_sha256"],
-                "target_request": unit.target_request, "duration_ms": round(share, 1)}
-        if plan.metrics:
-            meta["metric_params"] = metric_record(plan.metrics)
-        method = plan.methods[unit.method]
-        ex = Explanation(src.name, loaded.picture, result, method.renders, plan.model.class_names, meta,
-                         method.writes + writes_of(plan.metrics), original_size=loaded.size, preprocess=plan.preprocess)
-        rows = ex.rows(out_dir, options, with_target)
-        if loaded.warnings:
-            for row in rows:
-                row["warnings"] = "; ".join(filter(None, [*loaded.warnings, row.get("warnings")]))
-        return rows
-    except Exception as e:  # recorded, logged, and the remaining items still run
-        error = plain_text(f"{type(e).__name__}: {e}")
-        return [{**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
-                 "status": "error", "error": error, "duration_ms": round(ms, 1)} for layer in unit.layers or (None,)]
+def _item_rows(unit: Unit, base: dict, result: ItemResult, image: Optional[LoadedImage], output: RunOutput) -> list[dict]:
+    """Write one technique's files; its rows, or its error rows (never raises for the item).
+    ``base``: the item's key columns; ``image``: None when the image could not be read (``result``
+    then holds that error)."""
+    if result.error is None:
+        try:
+            return _explanation(unit, base, result, image, output.plan).rows(output.out_dir, output.options, output.with_target)
+        except Exception as e:  # recorded, logged, and the remaining items still run
+            result = ItemResult.failed(e, result.ms)
+    error = plain_text(f"{type(result.error).__name__}: {result.error}")
+    return [{**base, "layer": layer, "target": unit.target if isinstance(unit.target, int) else None,
+             "status": "error", "error": error, "duration_ms": round(result.ms, 1)} for layer in unit.layers or (None,)]
+
+
+def _explanation(unit: Unit, base: dict, result: ItemResult, image: LoadedImage, plan: Plan) -> Explanation:
+    """The Explanation of one computed item, with the run-level columns its rows carry."""
+    meta = {"image_sha256": image.sha256, "model": plan.model.name, "weights": plan.model.weights,
+            "weights_sha256": base["weights_sha256"], "target_request": unit.target_request,
+            "duration_ms": round(result.ms / len(result.attributions), 1)}
+    if plan.metrics:
+        meta["metric_params"] = metric_record(plan.metrics)
+    method = plan.methods[unit.method]
+    return Explanation(image.name, image.picture, result.attributions, method.renders, plan.model.class_names, meta,
+                       method.writes + writes_of(plan.metrics), original_size=image.size, preprocess=plan.preprocess,
+                       warnings=image.warnings)
 
 
 def metric_record(metrics: dict) -> str:
@@ -272,7 +294,7 @@ def _load(src, plan: Plan) -> LoadedImage | Exception:
         x, picture = preprocess(img, plan.preprocess)
         mask = box_mask(tuple(x.shape[-2:]), box_to_input(src.box, img.size, plan.preprocess)) if src.box else None
         notes = tuple(str(w) for w in (img.info.get("cnnviz_warnings") or ()))
-        return LoadedImage(sha, x.to(plan.device), picture, mask, img.size, notes)
+        return LoadedImage(src.name, sha, x.to(plan.device), picture, mask, img.size, notes)
     except Exception as e:
         return e
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..core.constraints import param
+from ..output.options import RenderOptions
 
 #: OmegaConf's marker of a mandatory value (``omegaconf.MISSING``), spelled out so that the schemas
-#: (and ``RenderConfig``'s checks, which the library uses) import without Hydra
+#: import without Hydra
 MISSING = "???"
 
 
@@ -53,20 +54,16 @@ class ImageConfig:
     box: Optional[List[float]] = None
 
 
-def colormap_names() -> list[str]:
-    """matplotlib's colormap names (``jet``, ``viridis``, ``viridis_r`` ...), imported only when a
-    ``render.colormap`` other than the default is checked."""
-    from matplotlib import colormaps
+def _structured(options: type, name: str) -> type:
+    """A plain (non-frozen) dataclass with ``options``' fields, defaults and constraints, which Hydra
+    can build and override: the options are declared once, where the library uses them."""
+    hints = typing.get_type_hints(options)
+    fields = [(f.name, hints[f.name], field(default=f.default, metadata=f.metadata)) for f in dataclasses.fields(options)]
+    return dataclasses.make_dataclass(name, fields, namespace={"__module__": __name__, "__doc__": options.__doc__})
 
-    return sorted(colormaps)
 
-
-@dataclass
-class RenderConfig:
-    #: a matplotlib colormap name, for the CAM heatmaps and overlays
-    colormap: str = param("jet", choices=colormap_names, kind="colormap")
-    #: opacity of the heatmap over the image: 0 shows only the image, 1 only the heatmap
-    alpha: float = param(0.4, min=0, max=1)
+#: ``render``: the fields of ``cnnviz.output.options.RenderOptions``
+RenderConfig = _structured(RenderOptions, "RenderConfig")
 
 
 @dataclass
@@ -87,6 +84,8 @@ class Config:
     allow_failures: bool = False
     #: run the techniques on a BatchNorm-folded channels-last copy of the model (cnnviz.speed.fastpath)
     fast_copy: bool = True
+    #: techniques that run many batches keep freed memory in malloc's heap between them (cnnviz.speed.memory)
+    reuse_memory: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
 
 

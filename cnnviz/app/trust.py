@@ -3,7 +3,7 @@
 A configuration names one thing to build by an import path, ``model._target_``. Resolving that
 string with ``hydra.utils.get_method`` would call *any* importable callable with the model's keys as
 arguments: ``_target_: shutil.rmtree`` with ``model.path`` on a folder deletes the folder. A run
-folder's ``.hydra/config.yaml`` is read back by ``cnnviz.app.verify`` and ``cnnviz.app.rerun`` and can be
+folder's ``.hydra/config.yaml`` is read back by ``cnnviz.verify`` and ``cnnviz.rerun`` and can be
 edited by anyone who can write to it, so:
 
 - ``model._target_`` is looked up in ``LOADERS``, the strict registry of the functions

@@ -1,6 +1,6 @@
 """Recompute an archived run (or every job of a sweep) and compare it with what is on disk.
 
-    python -m cnnviz.app.verify RUN_OR_SWEEP_DIR [--atol 0]
+    python -m cnnviz.verify RUN_OR_SWEEP_DIR [--atol 0]
 
 Each job is rebuilt from its archived ``.hydra/config.yaml``, read as data (``cnnviz.app.trust``: its
 ``model._target_`` must name a registered model loader and no other ``_target_`` may appear), and
@@ -203,14 +203,14 @@ def _verdict(job: Path, tmp: Path, row: dict[str, Any], new: Optional[dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cnnviz.app.verify", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m cnnviz.verify", description=__doc__.splitlines()[0])
     ap.add_argument("folder", type=Path)
     ap.add_argument("--atol", type=float, default=0.0)
     args = ap.parse_args(argv)
     register_configs()
     jobs = job_dirs(args.folder)
     if not jobs:
-        print(f"cnnviz.app.verify: no archived run under {args.folder} (no .hydra/config.yaml)", file=sys.stderr)
+        print(f"cnnviz.verify: no archived run under {args.folder} (no .hydra/config.yaml)", file=sys.stderr)
         return 2
     bad = problems = unverified = 0
     for job in jobs:
@@ -218,14 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         for path, verdict, detail in report.files:
             print(f"{verdict:<10} {path}" + (f"  ({detail})" if detail else ""))
         for problem in report.problems:
-            print(f"cnnviz.app.verify: {problem}", file=sys.stderr)
+            print(f"cnnviz.verify: {problem}", file=sys.stderr)
         if report.unverified:
-            print(f"cnnviz.app.verify: {report.unverified}; nothing to verify in {job}", file=sys.stderr)
+            print(f"cnnviz.verify: {report.unverified}; nothing to verify in {job}", file=sys.stderr)
         bad += report.bad
         problems += len(report.problems)
         unverified += report.unverified is not None
     tail = f", {unverified} job(s) with nothing to verify" if unverified else ""
-    print(f"cnnviz.app.verify: {len(jobs)} job(s), {bad} file(s) not identical{tail}")
+    print(f"cnnviz.verify: {len(jobs)} job(s), {bad} file(s) not identical{tail}")
     if bad or problems:
         return 1
     return 2 if unverified else 0

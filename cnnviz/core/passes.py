@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import ExitStack, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional, Sequence, Union
 
@@ -9,17 +10,62 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from ..speed.fastpath import fast_model
 from .hooks import capture_outputs, model_state_kept, relu_rule
 from .targets import Target, class_indices, target_score
 
 
+RELU_RULES = ("plain", "guided", "deconvnet")
+
+
+@dataclass(frozen=True)
+class BackwardRule:
+    """How the backward pass treats ReLU-family modules: ``plain`` (autograd's own derivative),
+    ``guided`` or ``deconvnet`` (``cnnviz.core.hooks.relu_rule``), the latter two only under the
+    sub-module ``only_under`` when it is set. Hashable: it is the key of a shared pass, so that
+    techniques asking for equal rules read one pass."""
+
+    relu: str = "plain"
+    only_under: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.relu not in RELU_RULES:
+            raise ValueError(f"BackwardRule.relu must be one of {', '.join(RELU_RULES)}, got {self.relu!r}")
+        if self.relu == "plain" and self.only_under is not None:
+            # a plain backward has no scope; two spellings of one pass would run it twice
+            raise ValueError("BackwardRule: only_under applies to the guided and deconvnet rules, not to plain")
+
+    @property
+    def plain(self) -> bool:
+        return self.relu == "plain"
+
+    def context(self, model: nn.Module) -> Optional[ContextManager]:
+        """The context manager that applies the rule to ``model``, ``None`` for the plain backward."""
+        if self.plain:
+            return None
+        # deconvnet on a network without ReLUs is the plain gradient (its rows warn); guided refuses
+        return relu_rule(model, self.relu, self.only_under, required=self.relu != "deconvnet")
+
+
+PLAIN = BackwardRule()
+
+
+#: what the passes run in place of a model: ``f(model, x, layers) -> (module, input)``, set for a scope
+#: by whoever applies an acceleration (``cnnviz.speed.fastpath.using``); None, the default: the model
+#: as given. A context variable, so that the core depends on no acceleration and no call sets a global.
+RUN_AS: ContextVar[Optional[Callable]] = ContextVar("cnnviz_run_as", default=None)
+
+
+def _run_as(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> tuple[nn.Module, torch.Tensor]:
+    f = RUN_AS.get()
+    return (model, x) if f is None else f(model, x, layers)
+
+
 @dataclass(frozen=True)
 class PassRequest:
-    """What a technique needs from a shared gradient pass: the backward rule, ``("plain",)`` or
-    ``(relu rule, only_under)``, the layers whose gradients it reads, and the input gradient."""
+    """What a technique needs from a shared gradient pass: the backward rule, the layers whose
+    gradients it reads, and the input gradient."""
 
-    rule: tuple = ("plain",)
+    rule: BackwardRule = PLAIN
     layers: tuple[str, ...] = ()
     input_gradient: bool = False
 
@@ -48,14 +94,14 @@ def gradient_pass(
     input when asked), so ``param.grad`` is never touched and the backward stops at the deepest
     tensor that is needed. ``rule`` rewrites the backward pass (e.g. guided backprop), active only
     around the forward: a function of the module that runs, giving a context manager (so that it
-    applies to the fast copy, ``cnnviz.speed.fastpath``), or a context manager already bound to ``model``
+    applies to the fast copy, see ``RUN_AS``), or a context manager already bound to ``model``
     (then ``model`` itself runs). ``objective`` replaces the target
     score by a function of the recorded layer outputs (e.g. one filter's activation).
     """
     layers = list(dict.fromkeys(layers))
     bound = rule is not None and hasattr(rule, "__enter__")
     if not bound:
-        model, x = fast_model(model, x, layers)
+        model, x = _run_as(model, x, layers)
         rule = rule(model) if rule is not None else None
     x = x.detach().clone().requires_grad_(True)
     with ExitStack() as stack:
@@ -86,7 +132,7 @@ def gradient_pass(
 def activation_pass(model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str] = ()) -> Pass:
     """One forward pass without gradients, recording the named layers' outputs."""
     layers = list(dict.fromkeys(layers))
-    model, x = fast_model(model, x, layers)
+    model, x = _run_as(model, x, layers)
     with model_state_kept(model), capture_outputs(model, layers) as captured, torch.no_grad():
         logits = model(x)
         missing = [name for name in layers if name not in captured]
@@ -111,20 +157,15 @@ def target_scores(target: Target, logits: torch.Tensor, indices: Sequence[int]) 
     return logits.gather(1, idx)[:, 0]
 
 
-def rule_context(model: nn.Module, rule: tuple) -> Optional[ContextManager]:
-    if rule[0] == "plain":
-        return None
-    return relu_rule(model, rule[0], rule[1], required=rule[0] != "deconvnet")
-
-
-def shared_passes(model: nn.Module, x: torch.Tensor, target: Target, requests: Sequence[PassRequest]) -> dict[tuple, Pass]:
+def shared_passes(model: nn.Module, x: torch.Tensor, target: Target,
+                  requests: Sequence[PassRequest]) -> dict[BackwardRule, Pass]:
     """One gradient pass per backward rule, serving the union of the requests' layers and inputs."""
-    merged: dict[tuple, tuple[list[str], bool]] = {}
+    merged: dict[BackwardRule, tuple[list[str], bool]] = {}
     for r in requests:
         layers, wants_input = merged.get(r.rule, ([], False))
         merged[r.rule] = (layers + [l for l in r.layers if l not in layers], wants_input or r.input_gradient)
     return {
         rule: gradient_pass(model, x, target, layers=layers, input_gradient=wants_input,
-                            rule=lambda net, r=rule: rule_context(net, r))
+                            rule=rule.context)
         for rule, (layers, wants_input) in merged.items()
     }

@@ -23,7 +23,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CNNVIZ_CACHE") or Path.home() / ".cache" / "cnnviz").expanduser()
+    # CNNVIZ_CACHE: the variable's name before CNNVIZ_HOME, still honoured
+    return Path(os.environ.get("CNNVIZ_HOME") or os.environ.get("CNNVIZ_CACHE") or Path.home() / ".cache" / "cnnviz").expanduser()
 
 
 def safe_name(name: str) -> str:
@@ -208,7 +209,7 @@ def fetch_preset(name: str, url: str, sha256: str, key: str = "image") -> Path:
         raise ConfigError(
             f"{key}: preset '{name}' is not cached and could not be downloaded from {url} "
             f"({type(e).__name__}: {e}). {moved}Place the file at {path} (sha256 {sha256}), "
-            f"or set CNNVIZ_CACHE to a folder holding images/{path.name}"
+            f"or set CNNVIZ_HOME to a folder holding images/{path.name}"
         ) from None
     if sha256_bytes(data) != sha256:
         raise ConfigError(

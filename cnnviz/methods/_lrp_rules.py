@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from ..core.bnfold import can_fold, folded_parameters
 from ..core.errors import ConfigError
 from ..core.hooks import removing
 
@@ -60,13 +61,12 @@ def fold_batchnorms(model: nn.Module) -> None:
     previous: Optional[nn.Module] = None
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if isinstance(previous, nn.Conv2d) and previous.out_channels == m.num_features and m.track_running_stats:
-                scale = (m.weight if m.affine else 1.0) / torch.sqrt(m.running_var + m.eps)
-                shift = (m.bias if m.affine else 0.0) - m.running_mean * scale
+            if previous is not None and can_fold(previous, m):
+                weight, bias = folded_parameters(previous, m)
                 with torch.no_grad():
-                    previous.weight.mul_(scale.view(-1, *([1] * (previous.weight.ndim - 1))))
-                    bias = previous.bias if previous.bias is not None else torch.zeros_like(shift)
-                    previous.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+                    previous.weight.copy_(weight)
+                    previous.bias = nn.Parameter(bias, requires_grad=False)
+                    # the BatchNorm stays, as the identity: layer names and rules find it where it was
                     m.running_mean.zero_()
                     m.running_var.fill_(1.0)
                     m.eps = 0.0

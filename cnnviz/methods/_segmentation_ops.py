@@ -168,7 +168,8 @@ def draw_box(picture: np.ndarray, box: Optional[Box], colour: Sequence[int] = (2
 @dataclass(frozen=True)
 class LabelLegend:
     """A coloured label map and the class each colour stands for. A technique does not know class
-    names; the runner (``Explanation``) draws the legend with them (``<stem>_<key>.png``)."""
+    names; the ``legend`` writer (a ``"legend:<key>"`` spec in ``writes``, ``cnnviz.output.writers``)
+    draws the legend with the names the item carries (``<stem>_<key>.png``)."""
 
     image: np.ndarray  # (H, W, 3) uint8, as ``colour_labels`` makes it
     classes: tuple[int, ...]

@@ -3,27 +3,40 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import nullcontext
-from typing import Any, ClassVar, ContextManager, Optional, Sequence
+from typing import Any, Callable, ClassVar, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
 
-from ..core.attribution import Attribution, NonFiniteError, non_finite_counts
+from ..core.attribution import Attribution, NonFiniteError, check_logits, non_finite_counts
 from ..core.constraints import check_fields
 from ..core.errors import ConfigError
 from ..core.maps import to_numpy, upsample
-from ..speed.memory import reusing_freed_memory
-from ..core.passes import Pass, PassRequest, activation_pass, rule_context, shared_passes
-from ..core.targets import Target
+from ..speed.memory import reusing_when_asked
+from ..core.hooks import model_state_kept
+from ..core.passes import PLAIN, BackwardRule, Pass, PassRequest, activation_pass, shared_passes
+from ..core.targets import Target, class_indices
+from ..speed.fastpath import forward_fn
+
+
+MAP_SPACES = ("input", "layer")
 
 
 @dataclasses.dataclass
 class Method:
-    """A technique: its dataclass fields are its hyperparameters, the model is a call argument."""
+    """A technique: its dataclass fields are its hyperparameters, the model is a call argument.
+
+    The protocol (``cnnviz/methods/README.md``): a technique declares its traits as class
+    variables and implements one of two paths, which its traits name —
+    ``attribute`` (one call computes one Attribution on its own), or, with ``shares_passes``,
+    ``pass_requests`` + ``from_passes`` (the engine runs one gradient pass per backward rule for
+    every technique of a group; ``attribute`` and ``attribute_layers`` are then derived here).
+    """
 
     name: ClassVar[str] = ""
-    #: "gradient" (input-space map) or "cam" (layer map); decides what files are written.
-    kind: ClassVar[str] = "gradient"
+    #: Where the map lives: ``"input"`` (``values`` shaped like ``x``, ``(B, C, H, W)``) or
+    #: ``"layer"`` (``values`` ``(B, h, w)`` at ``layer``, with ``upsampled`` to the input size).
+    map_space: ClassVar[str] = "input"
     needs_layer: ClassVar[bool] = False
     #: False for techniques that explain something other than a class score (a filter, a layer)
     uses_target: ClassVar[bool] = True
@@ -32,8 +45,21 @@ class Method:
     #: Files made from ``Attribution.extras``: ``"<writer>:<key>"`` specs, see ``cnnviz.output.writers.WRITERS``.
     writes: ClassVar[tuple[str, ...]] = ()
     #: True for techniques that run the model on many batches in one call (perturbations, paths,
-    #: optimisation): they run inside ``memory.reusing_freed_memory``.
+    #: optimisation): they run inside ``memory.reusing_freed_memory`` when the caller asks (``Speed(reuse_memory=True)``).
     many_passes: ClassVar[bool] = False
+    #: True when the result comes from shared gradient passes: the technique implements
+    #: ``pass_requests`` and ``from_passes`` (and ``pass_requests`` may still return ``[]`` for a
+    #: configuration that computes on its own, which then goes through ``attribute``).
+    shares_passes: ClassVar[bool] = False
+    #: True when calls may run at once on one model from several threads (``cnnviz.speed.streams``):
+    #: the technique puts no hook on the model and changes none of its state.
+    concurrent_safe: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a misspelt space (or a hyperparameter of that name) would fall through every ``map_space == ...`` test
+        if cls.map_space not in MAP_SPACES:
+            raise TypeError(f"{cls.__name__}.map_space must be one of {', '.join(MAP_SPACES)}, got {cls.map_space!r}")
 
     def __post_init__(self) -> None:
         # the library API refuses what the runner refuses, under the same config key
@@ -50,6 +76,11 @@ class Method:
     def check(self, model: nn.Module) -> None:
         """Raise ``ConfigError`` early when this technique cannot run on ``model``."""
 
+    def concurrent(self) -> bool:
+        """Whether this instance may run from several threads at once: ``concurrent_safe`` unless a
+        wrapper's answer depends on what it wraps."""
+        return self.concurrent_safe
+
     def __call__(self, model: nn.Module, x: torch.Tensor, target: Target = None, layer: Optional[str] = None) -> Attribution:
         if x.ndim != 4:
             raise ValueError(f"{self.name}: x must be a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
@@ -59,41 +90,46 @@ class Method:
             return self.attribute(model, x, target, layer)
 
     def memory(self):
-        return reusing_freed_memory() if self.many_passes else nullcontext()
+        return reusing_when_asked() if self.many_passes else nullcontext()
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: Target, layer: Optional[str]) -> Attribution:
-        raise NotImplementedError
+        """One Attribution; a technique that shares passes gets it from passes of its own."""
+        if not self.shares_passes:
+            raise NotImplementedError(f"{type(self).__name__} must implement attribute (or declare shares_passes)")
+        return self.attribute_layers(model, x, target, [layer] if self.needs_layer else [])[0]
 
     def attribute_layers(self, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str]) -> list[Attribution]:
-        """One Attribution per layer; techniques that can share their passes across layers override this."""
+        """One Attribution per layer (one for a technique without layers): from one set of shared
+        passes when the technique shares them, else one call per layer."""
+        if self.shares_passes:
+            return self.from_passes(model, x, target, layers, shared_passes(model, x, target, self.pass_requests(layers)))
         return [self(model, x, target, layer=layer) for layer in layers]
 
     def pass_requests(self, layers: Sequence[str]) -> list[PassRequest]:
-        """The gradient passes this technique can take from a computation shared with others;
-        empty when it computes on its own."""
+        """The gradient passes this technique takes from a computation shared with others (only
+        read when ``shares_passes``); empty when it computes on its own."""
         return []
 
     def from_passes(self, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str],
-                    passes: dict[tuple, Pass]) -> list[Attribution]:
+                    passes: dict[BackwardRule, Pass]) -> list[Attribution]:
         """The Attributions, from the passes named by ``pass_requests``."""
         raise NotImplementedError
 
 
 @dataclasses.dataclass
 class GradientMethod(Method):
-    """Input-space gradient of the target score, optionally under a backward rule on ReLUs."""
+    """Input-space gradient of the target score, under a backward rule on ReLUs (``rule``), read
+    from the shared pass of that rule."""
 
-    def rule(self) -> tuple:
-        """``("plain",)`` or ``(relu rule, only_under)``, see ``passes.rule_context``."""
-        return ("plain",)
+    map_space: ClassVar[str] = "input"
+    shares_passes: ClassVar[bool] = True
+
+    def rule(self) -> BackwardRule:
+        """The backward rule this technique's gradient is taken under."""
+        return PLAIN
 
     def backward_rule(self, model: nn.Module) -> Optional[ContextManager]:
-        return rule_context(model, self.rule())
-
-    def concurrent(self) -> bool:
-        """Whether calls may run at once on one model from several threads (``cnnviz.speed.streams``):
-        plain gradients put no hook on the model and change none of its state."""
-        return self.rule() == ("plain",) and type(self).attribute is GradientMethod.attribute
+        return self.rule().context(model)
 
     def check(self, model):
         rule = self.backward_rule(model)
@@ -102,15 +138,50 @@ class GradientMethod(Method):
                 pass
 
     def pass_requests(self, layers):
-        return [PassRequest(self.rule(), (), True)] if type(self).attribute is GradientMethod.attribute else []
+        return [PassRequest(self.rule(), (), True)] if self.shares_passes else []
 
     def from_passes(self, model, x, target, layers, passes):
         p = passes[self.rule()]
         return [Attribution(method=self.name, values=to_numpy(p.input_gradient), logits=to_numpy(p.logits),
                             target=p.target, params=self.params())]
 
+
+@dataclasses.dataclass
+class PerturbationMethod(Method):
+    """Input-space attribution from forward passes alone, on perturbed copies of the input (no
+    gradient, no backward rule), in the spirit of captum's perturbation attributions.
+
+    ``attribute`` runs the model (through the fast copy where it is safe) once on ``x`` under
+    ``torch.inference_mode``, refuses non-finite logits, and asks ``image_map`` for each image's
+    ``(C, H, W)`` map; a technique implements ``image_map``.
+    """
+
+    map_space: ClassVar[str] = "input"
+    many_passes: ClassVar[bool] = True
+    renders: ClassVar[tuple[str, ...]] = ("color", "gray", "pos_sal", "neg_sal")
+
+    def image_map(self, net: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: int,
+                  target: Target, which: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """The ``(C, H, W)`` map of image ``b`` of ``x``; ``forward`` runs ``net`` (the model or its
+        fast copy) on a batch, ``which`` is ``[class index]`` (empty for a callable target) and
+        ``logits`` the unperturbed logits of the whole batch."""
+        raise NotImplementedError
+
     def attribute(self, model, x, target, layer):
-        return self.from_passes(model, x, target, [], shared_passes(model, x, target, self.pass_requests([])))[0]
+        net, forward = forward_fn(model, x)
+        with model_state_kept(net), torch.inference_mode():
+            logits = forward(x)
+            check_logits(logits, self.name)  # before any score drop, which NaN would make meaningless
+            idx = class_indices(target, logits)
+            maps = [self.image_map(net, forward, x, b, target, [] if idx is None else [int(idx[b])], logits)
+                    for b in range(x.shape[0])]
+        return Attribution(
+            method=self.name,
+            values=to_numpy(torch.stack(maps)),
+            logits=to_numpy(logits),
+            target=() if idx is None else tuple(int(i) for i in idx),
+            params=self.params(),
+        )
 
 
 def require_4d(layer: str, t: torch.Tensor, method: str) -> None:
@@ -135,16 +206,24 @@ def require_finite(layer: str, t: torch.Tensor, method: str) -> None:
 class CAMMethod(Method):
     """Class activation map at a layer, Σ_k w_k A_k unless ``combine`` says otherwise.
 
-    Gradient CAMs override ``channel_weights`` (or ``combine``); gradient-free ones set
-    ``uses_gradients = False`` and override ``layer_map``. ``attribute_layers`` serves any number of
-    layers from one forward (and one backward) pass.
+    Gradient CAMs override ``channel_weights`` (or ``combine``) and read the shared plain pass;
+    gradient-free ones set ``uses_gradients = False`` (which sets ``shares_passes = False``) and
+    override ``layer_map``. ``attribute_layers`` serves any number of layers from one forward (and
+    one backward) pass.
     """
 
-    kind: ClassVar[str] = "cam"
+    map_space: ClassVar[str] = "layer"
     needs_layer: ClassVar[bool] = True
     renders: ClassVar[tuple[str, ...]] = ("cam_gray", "cam_heatmap", "cam_on_image")
     uses_gradients: ClassVar[bool] = True
+    shares_passes: ClassVar[bool] = True
     relu: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # for a CAM the two are one choice: gradients come from the shared plain pass, a
+        # gradient-free CAM runs its own forward passes; one declaration keeps them from disagreeing
+        cls.shares_passes = cls.uses_gradients
 
     def channel_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """``(B, C)`` weights from activations and gradients ``(B, C, h, w)``."""
@@ -159,16 +238,16 @@ class CAMMethod(Method):
         return self.combine(p.activations[layer], p.gradients[layer])
 
     def attribute_layers(self, model: nn.Module, x: torch.Tensor, target: Target, layers: Sequence[str]) -> list[Attribution]:
-        if self.uses_gradients:
-            return self.from_passes(model, x, target, layers, shared_passes(model, x, target, self.pass_requests(layers)))
+        if self.shares_passes:
+            return super().attribute_layers(model, x, target, layers)
         with torch.inference_mode(), self.memory():
             return self.finish_all(model, x, activation_pass(model, x, target, layers=layers), layers, target)
 
     def pass_requests(self, layers):
-        return [PassRequest(("plain",), tuple(layers), False)] if self.uses_gradients else []
+        return [PassRequest(PLAIN, tuple(layers), False)] if self.shares_passes else []
 
     def from_passes(self, model, x, target, layers, passes):
-        return self.finish_all(model, x, passes[("plain",)], layers, target)
+        return self.finish_all(model, x, passes[PLAIN], layers, target)
 
     def finish_all(self, model, x, p: Pass, layers: Sequence[str], target: Target) -> list[Attribution]:
         for layer in layers:

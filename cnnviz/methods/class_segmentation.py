@@ -41,7 +41,7 @@ from .weakly_supervised_segmentation import Sourced, blurred
 @dataclass
 class ClassSegmentation(Sourced):
     renders = ("gray",)
-    writes = ("png:overlay", "png:labels", "npy:label_map")
+    writes = ("png:overlay", "png:labels", "npy:label_map", "legend:legend")
     uses_target = False
     needs_layer = True  # for the default source, gradcam; follows the source per instance
     source: str = "gradcam"

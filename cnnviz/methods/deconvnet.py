@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..core.hooks import relu_modules
+from ..core.passes import BackwardRule
 from ..core.registry import register
 from .base import GradientMethod
 
@@ -27,7 +28,7 @@ class Deconvnet(GradientMethod):
     only_under: Optional[str] = None
 
     def rule(self):
-        return ("deconvnet", self.only_under)
+        return BackwardRule("deconvnet", self.only_under)
 
     def from_passes(self, model, x, target, layers, passes):
         attrs = super().from_passes(model, x, target, layers, passes)

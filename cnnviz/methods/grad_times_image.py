@@ -57,8 +57,8 @@ class GradTimesImage(GradientMethod):
         return self.inner().concurrent()
 
     def pass_requests(self, layers):
-        inner = self.inner()
-        return [] if self.base == "integrated" else inner.pass_requests([])
+        # integrated gradients runs a path of passes of its own (its attribute), the others share
+        return [] if self.base == "integrated" else self.inner().pass_requests([])
 
     def attribute(self, model, x, target, layer):
         inner = self.inner()

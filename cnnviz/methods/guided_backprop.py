@@ -11,6 +11,7 @@ Example::
 from dataclasses import dataclass
 from typing import Optional
 
+from ..core.passes import BackwardRule
 from ..core.registry import register
 from .base import GradientMethod
 
@@ -22,4 +23,4 @@ class GuidedBackprop(GradientMethod):
     only_under: Optional[str] = None
 
     def rule(self):
-        return ("guided", self.only_under)
+        return BackwardRule("guided", self.only_under)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..core.attribution import Attribution
-from ..core.passes import shared_passes
 from ..core.registry import register
 from .base import Method
 from .gradcam import GradCAM
@@ -21,20 +20,15 @@ from .guided_backprop import GuidedBackprop
 @dataclass
 class GuidedGradCAM(Method):
     needs_layer = True
+    shares_passes = True
     only_under: Optional[str] = None
 
     def check(self, model):
         GuidedBackprop(only_under=self.only_under).check(model)
 
-    def attribute(self, model, x, target, layer):
-        return self.attribute_layers(model, x, target, [layer])[0]
-
     def pass_requests(self, layers):
         # every layer's Grad-CAM from one plain pass, the guided gradient from one guided pass
         return GradCAM().pass_requests(layers) + GuidedBackprop(only_under=self.only_under).pass_requests([])
-
-    def attribute_layers(self, model, x, target, layers):
-        return self.from_passes(model, x, target, layers, shared_passes(model, x, target, self.pass_requests(layers)))
 
     def from_passes(self, model, x, target, layers, passes):
         cams = GradCAM().from_passes(model, x, target, layers, passes)

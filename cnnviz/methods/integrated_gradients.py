@@ -81,6 +81,8 @@ def integrated_gradient(model, x1, x0, target, alphas, weights, batch_size, rule
 @dataclass
 class IntegratedGradients(GradientMethod):
     many_passes = True
+    shares_passes = False  # a path of gradient passes of its own
+    concurrent_safe = True  # plain gradients: no hook on the model, none of its state changed
     renders = ("color", "gray", "pos_sal", "neg_sal")
     n_steps: int = param(50, min=1)
     method: str = param("gausslegendre", choices=RULES, kind="integration rule")
@@ -101,9 +103,6 @@ class IntegratedGradients(GradientMethod):
         if self.method == "riemann_trapezoid" and self.n_steps < 2:
             raise ConfigError(f"method.{self.name}.n_steps={self.n_steps}: riemann_trapezoid needs n_steps >= 2 "
                               "(both ends of the path)")
-
-    def concurrent(self) -> bool:
-        return self.rule() == ("plain",)
 
     def baseline_for(self, x: torch.Tensor) -> torch.Tensor:
         if self.baseline == "zero":

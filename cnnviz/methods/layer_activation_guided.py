@@ -13,7 +13,7 @@ from ..core.constraints import param
 from ..core.errors import ConfigError
 from ..core.hooks import guided_relus
 from ..core.maps import to_numpy
-from ..core.passes import gradient_pass
+from ..core.passes import BackwardRule, gradient_pass
 from ..core.registry import register
 from .base import GradientMethod
 
@@ -24,7 +24,11 @@ class LayerActivationGuided(GradientMethod):
     renders = ("color", "gray", "pos_sal", "neg_sal")
     needs_layer = True
     uses_target = False
+    shares_passes = False  # its score is one filter's activation, not the target's: a pass of its own
     filter: int = param(0, min=0)
+
+    def rule(self):
+        return BackwardRule("guided")
 
     def check(self, model):
         with guided_relus(model, method=self.name):

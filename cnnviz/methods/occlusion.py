@@ -19,17 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.attribution import Attribution, check_logits
 from ..core.constraints import param
 from ..core.errors import ConfigError
-from ..core.hooks import model_state_kept
 from ._occlusion_incremental import IncrementalOcclusion
-from ..speed.fastpath import forward_fn, instrumented
-from ..core.maps import result_dtype, to_numpy
+from ..speed.fastpath import instrumented
+from ..core.maps import result_dtype
 from ..core.passes import target_scores
 from ..core.registry import register
-from ..core.targets import class_indices
-from .base import GradientMethod
+from .base import PerturbationMethod
 
 log = logging.getLogger("cnnviz")
 
@@ -44,9 +41,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 
 @register("occlusion")
 @dataclass
-class Occlusion(GradientMethod):
-    many_passes = True
-    renders = ("color", "gray", "pos_sal", "neg_sal")
+class Occlusion(PerturbationMethod):
     window: int = param(15, min=1)
     stride: int = param(8, min=1)
     baseline: float = 0.0
@@ -59,45 +54,35 @@ class Occlusion(GradientMethod):
         H, W = x.shape[-2:]
         if self.window > min(H, W):
             raise ConfigError(f"method.occlusion.window={self.window} is larger than the input ({H}x{W})")
+        return super().attribute(model, x, target, layer)
+
+    def image_map(self, net, forward, x, b, target, which, logits):
+        H, W = x.shape[-2:]
         boxes = [(i, j) for i in window_starts(H, self.window, self.stride) for j in window_starts(W, self.window, self.stride)]
-        out = []
-        net, forward = forward_fn(model, x)
-        with model_state_kept(net), torch.inference_mode():
-            logits = forward(x)
-            check_logits(logits, self.name)  # before the score drops, which NaN would make meaningless
-            idx = class_indices(target, logits)
-            for b in range(x.shape[0]):
-                which = [] if idx is None else [int(idx[b])]
-                base = target_scores(target, logits[b:b + 1], which)[0]
-                total = torch.zeros(H, W, dtype=torch.float64, device=x.device)
-                count = torch.zeros(H, W, dtype=torch.float64, device=x.device)
-                x1 = x[b:b + 1] if net is model else x[b:b + 1].contiguous(memory_format=torch.channels_last)
-                # hooks on the model (someone's instrumentation) must see every layer run: full forwards
-                use = self.incremental and not instrumented(net)
-                fast = IncrementalOcclusion.build(net, x1, self.window, boxes) if use else None
-                for start in range(0, len(boxes), self.perturbations_per_eval):
-                    chunk = boxes[start:start + self.perturbations_per_eval]
-                    if fast is not None and start > 0:
-                        logits_chunk = fast.logits(chunk, self.baseline)
-                    else:
-                        batch = x[b:b + 1].repeat(len(chunk), 1, 1, 1)
-                        for n, (i, j) in enumerate(chunk):
-                            batch[n, :, i:i + self.window, j:j + self.window] = self.baseline
-                        logits_chunk = forward(batch)
-                        if fast is not None and not _agrees(fast.logits(chunk, self.baseline), logits_chunk):
-                            log.warning("occlusion: incremental inference disagrees with full forwards on %s; "
-                                        "running full forwards", type(model).__name__)
-                            fast = None
-                    drops = (base - target_scores(target, logits_chunk, which)).double()
-                    for n, (i, j) in enumerate(chunk):
-                        total[i:i + self.window, j:j + self.window] += drops[n]
-                        count[i:i + self.window, j:j + self.window] += 1
-                values = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
-                out.append(values.to(result_dtype(x)).expand(x.shape[1], H, W))
-        return Attribution(
-            method=self.name,
-            values=to_numpy(torch.stack(out)),
-            logits=to_numpy(logits),
-            target=() if idx is None else tuple(int(i) for i in idx),
-            params=self.params(),
-        )
+        base = target_scores(target, logits[b:b + 1], which)[0]
+        total = torch.zeros(H, W, dtype=torch.float64, device=x.device)
+        count = torch.zeros(H, W, dtype=torch.float64, device=x.device)
+        # the model itself runs on contiguous tensors, its fast copy on channels-last ones
+        x1 = x[b:b + 1] if net is forward else x[b:b + 1].contiguous(memory_format=torch.channels_last)
+        # hooks on the model (someone's instrumentation) must see every layer run: full forwards
+        use = self.incremental and not instrumented(net)
+        fast = IncrementalOcclusion.build(net, x1, self.window, boxes) if use else None
+        for start in range(0, len(boxes), self.perturbations_per_eval):
+            chunk = boxes[start:start + self.perturbations_per_eval]
+            if fast is not None and start > 0:
+                logits_chunk = fast.logits(chunk, self.baseline)
+            else:
+                batch = x[b:b + 1].repeat(len(chunk), 1, 1, 1)
+                for n, (i, j) in enumerate(chunk):
+                    batch[n, :, i:i + self.window, j:j + self.window] = self.baseline
+                logits_chunk = forward(batch)
+                if fast is not None and not _agrees(fast.logits(chunk, self.baseline), logits_chunk):
+                    log.warning("occlusion: incremental inference disagrees with full forwards on %s; "
+                                "running full forwards", type(net).__name__)
+                    fast = None
+            drops = (base - target_scores(target, logits_chunk, which)).double()
+            for n, (i, j) in enumerate(chunk):
+                total[i:i + self.window, j:j + self.window] += drops[n]
+                count[i:i + self.window, j:j + self.window] += 1
+        values = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+        return values.to(result_dtype(x)).expand(x.shape[1], H, W)

@@ -190,7 +190,7 @@ class OptimizationMethod(Method):
     """
 
     many_passes = True
-    kind: ClassVar[str] = "optimization"
+    map_space: ClassVar[str] = "input"  # the synthesised image, shaped like the input
     renders: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ("png:final", "strip:snapshots", "gif:snapshots", "csv:loss", "plot:loss")
 

@@ -28,10 +28,11 @@ from ..core.errors import ConfigError, unknown
 from ..core.hooks import model_state_kept
 from ..speed.fastpath import forward_fn
 from ..core.maps import result_dtype, to_numpy
-from ..core.registry import get_method, list_methods, register
+from ..core.registry import register
+from . import get_method, list_methods
 from ..speed.streams import in_order, per_stream, stream_count
 from ..core.targets import class_indices
-from .base import GradientMethod, Method
+from .base import GradientMethod, Method, PerturbationMethod
 
 VARIANTS = ("mean", "sq", "var")
 
@@ -41,7 +42,7 @@ VARIANTS = ("mean", "sq", "var")
 class SmoothGrad(Method):
     many_passes = True
     renders = ("color", "gray", "pos_sal", "neg_sal")
-    #: a registered technique; one that is not a gradient technique is refused by ``check``
+    #: a registered input-space gradient or perturbation technique; any other is refused by ``check``
     inner: str = param("vanilla_backprop", choices=list_methods, kind="method")
     inner_params: dict[str, Any] = field(default_factory=dict)
     n_samples: int = param(50, min=1)
@@ -52,10 +53,11 @@ class SmoothGrad(Method):
     input_mean: Optional[list[float]] = None
     input_std: Optional[list[float]] = param(None, gt=0)
 
-    def inner_method(self) -> GradientMethod:
+    def inner_method(self) -> Method:
         cls = get_method(self.inner)
-        if not issubclass(cls, GradientMethod):
-            raise ConfigError(f"method.smoothgrad.inner: '{self.inner}' is not a gradient technique (input-space map)")
+        if not issubclass(cls, (GradientMethod, PerturbationMethod)):
+            raise ConfigError(f"method.smoothgrad.inner: '{self.inner}' is not a gradient technique "
+                              "(nor a perturbation technique: an input-space map)")
         params = dict(self.inner_params)
         names = {f.name for f in dataclasses.fields(cls)}
         for key in ("input_mean", "input_std"):  # pass the normalisation on to a pixel-space inner
@@ -91,7 +93,7 @@ class SmoothGrad(Method):
         with model_state_kept(net), torch.no_grad():
             logits = forward(x)
         idx = class_indices(target, logits)
-        streams = stream_count(model, x) if isinstance(inner, GradientMethod) and inner.concurrent() else 1
+        streams = stream_count(model, x) if inner.concurrent() else 1
         size = per_stream(self.batch_size, streams)
         out = []
         flat = [b for b in range(x.shape[0]) if self.noise_level != 0 and float(x[b].max() - x[b].min()) == 0]

@@ -17,4 +17,4 @@ from .base import GradientMethod
 @register("vanilla_backprop")
 @dataclass
 class VanillaBackprop(GradientMethod):
-    pass
+    concurrent_safe = True  # the plain backward: no hook on the model, none of its state changed

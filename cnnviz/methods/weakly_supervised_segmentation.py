@@ -34,7 +34,8 @@ import numpy as np
 from ..core.attribution import Attribution
 from ..core.constraints import param
 from ..core.errors import ConfigError, unknown
-from ..core.registry import get_method, list_methods, register
+from ..core.registry import register
+from . import get_method, list_methods
 from ..methods import _segmentation_ops as seg
 from .base import Method
 

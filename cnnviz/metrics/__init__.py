@@ -1,4 +1,8 @@
-"""Faithfulness and sanity metrics of attribution maps, one module per metric.
+"""Faithfulness and sanity metrics of attribution maps, one module per metric (``<name>.py``
+registers the metric ``name``; ``base``, ``evaluate`` and ``perturbation`` are shared). A metric may
+import the core and the opt-in accelerations of ``cnnviz.speed``, never the runner, a technique's
+module, rendering or Hydra. Importing this package imports no metric module: each is declared under
+its file name and imported when ``get_metric(name)`` first asks for it.
 
 A metric is a dataclass whose fields are its options (``conf/metrics/<name>.yaml`` holds the same
 keys); it is called on a ``Sample`` (the map, the input, a callable model) and returns a
@@ -16,15 +20,15 @@ Example::
 """
 from __future__ import annotations
 
-import importlib
 import pkgutil
 
-from .base import Metric, MetricResult, Sample, get_metric, list_metrics, metric_columns, register_metric, saliency
+from .base import METRICS, Metric, MetricResult, Sample, get_metric, list_metrics, metric_columns, register_metric, saliency
 
-_SKIP = {"base", "evaluate", "perturbation"}
+#: modules here that are not metrics
+_SHARED = {"base", "evaluate", "perturbation"}
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name not in _SKIP:
-        importlib.import_module(f"{__name__}.{_info.name}")
+    if _info.name not in _SHARED:
+        METRICS.declare(_info.name, f"{__name__}.{_info.name}")
 
 from .evaluate import evaluate, writes_of  # noqa: E402
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..core.errors import ConfigError, unknown
 from ..output.files import file_sha256
+from ..output.writers import class_name
 from .registry import model_loader
 
 OFFLINE_HINT = "or run offline with model=efficientnet_lite0 (embedded weights) or model.weights=null (random init)"
@@ -37,11 +38,6 @@ class LoadedModel:
         return class_name(self.class_names, index)
 
 
-def class_name(names, index: Optional[int]) -> str:
-    """The name of class ``index``; its number when the list has no name for it; "" for none."""
-    if index is None or index < 0:
-        return ""
-    return names[index] if index < len(names) else str(index)
 
 
 def check_finite(module: nn.Module, what: str) -> None:

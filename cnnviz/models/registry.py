@@ -35,11 +35,31 @@ def loader_names() -> list[str]:
     return LOADERS.names()
 
 
+#: Where the loaders lived before the package was grouped by role (``cnnviz.models.<fn>``,
+#: ``cnnviz.segmentation_models.<fn>``): archives made then name them so, and still verify and rerun.
+_FORMER_MODULES = {"cnnviz.models.loaders.": "cnnviz.models.", "cnnviz.models.segmentation.": "cnnviz.segmentation_models."}
+
+
+def canonical_loader(target: Any) -> Any:
+    """A loader's current registered name for ``target``, also when it is a former name; ``target``
+    itself when it names no loader."""
+    if not isinstance(target, str):
+        return target
+    LOADERS.load()
+    if target in LOADERS.entries:
+        return target
+    for current, former in _FORMER_MODULES.items():
+        if target.startswith(former) and current + target[len(former):] in LOADERS.entries:
+            return current + target[len(former):]
+    return target
+
+
 def get_loader(target: Any, key: str = "model._target_") -> Callable[..., Any]:
-    """The registered loader ``target`` names; a ``ConfigError`` naming ``key`` for anything else."""
+    """The registered loader ``target`` names (a former name too, see ``canonical_loader``); a
+    ``ConfigError`` naming ``key`` for anything else."""
     if not isinstance(target, str):
         raise ConfigError(f"{key} must name a model loader, got {target!r}; valid: {', '.join(loader_names())}")
-    LOADERS.load()
+    target = canonical_loader(target)
     if target not in LOADERS.entries:
         near = close_matches(target, LOADERS.entries)
         hint = f" (close matches: {', '.join(near)})" if near else ""

@@ -116,7 +116,7 @@ td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} 
 
 def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid: Optional[Grid] = None) -> bytes:
     """The same grid as one PNG: a header row of column titles, then per image its input and each
-    column's picture, thumbnails of ``cell`` px (composed with PIL: a matplotlib figure cost ~1 s)."""
+    column's picture, thumbnails of ``cell`` px (composed with PIL: a matplotlib figure is much slower)."""
     import textwrap
 
     from PIL import Image, ImageDraw, ImageFont
@@ -144,7 +144,7 @@ def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid
         if picture is None:
             return None
         thumb = Image.fromarray(picture)
-        thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)  # before the RGB conversion: a grey map resizes 2x faster
+        thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)  # before the RGB conversion: a grey map resizes faster
         return thumb.convert("RGB")
 
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # decoding and resizing release the GIL

@@ -6,6 +6,8 @@ from typing import Callable
 
 import numpy as np
 
+from .options import RenderOptions, colormap_names  # noqa: F401  (the renderers' options, declared once)
+
 
 def _to_uint8(a: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
@@ -44,7 +46,7 @@ def colored_gradient(g: np.ndarray) -> np.ndarray:
 
 def _percentile(a: np.ndarray, q: float) -> float:
     """``np.percentile(a, q)`` (its default linear interpolation) from one partition at the lower rank
-    and the minimum above it: 10x faster than numpy's own, which partitions at both ranks."""
+    and the minimum above it: faster than numpy's own, which partitions at both ranks."""
     flat = a.ravel()
     rank = q / 100.0 * (flat.size - 1)
     k = int(np.floor(rank))
@@ -96,7 +98,7 @@ def _lut(cmap: str) -> np.ndarray:
 
 def _through_colormap(v: np.ndarray, cmap: str) -> np.ndarray:
     """``v`` in [0, 1] -> ``(..., 3)`` uint8, the colours matplotlib's ``colormaps[cmap](v)`` gives
-    (it indexes its N-colour table at ``int(v * N)``, 1.0 -> N - 1): a table lookup, 20x faster."""
+    (it indexes its N-colour table at ``int(v * N)``, 1.0 -> N - 1): a table lookup, much faster."""
     if not np.isfinite(v).all():  # matplotlib's "bad" colour for NaN
         from matplotlib import colormaps
 

@@ -3,19 +3,17 @@
 Every technique runs the model in eval mode, where a BatchNorm is the affine map
 ``y = (x - mean) / sqrt(var + eps) * w + b``. Folded into the convolution that feeds it, the network
 computes the same function with one memory-bound operation less per layer, and in channels-last memory
-the depthwise and pointwise convolutions of mobile networks run faster on CPU. Measured on
-efficientnet_lite0 (CPU, 2 threads, batch 10, forward + input gradient): 1.6-2.2x faster, with the
-float64 reference no further from the copy than from the original (relative L2 error 0.2-0.4 % vs
-0.5 %, both float32). A model without BatchNorms gets the copy too: its parameters share the model's
-storage (convolution weights aside, which channels-last re-lays) but require no gradient, which the
-input gradients never need — VGG-19 forward + input gradient, batch 10: 545 ms -> 385 ms per image.
+the depthwise and pointwise convolutions of mobile networks run faster on CPU, with the float64
+reference no further from the copy than from the original. A model without BatchNorms gets the copy
+too: its parameters share the model's storage (convolution weights aside, which channels-last
+re-lays) but require no gradient, which the input gradients never need. Measured speed-ups and
+errors: docs/performance.md.
 
-The price is rounding: channels-last convolutions sum in another order, with a larger float32 error
-(measured on VGG-19, one layer against float64: 2e-7 contiguous, up to 9e-7 channels-last at 512
-input channels). Gradients of ReLU networks amplify such differences where a unit sits near zero:
-integrated gradients on random-weight VGG-19 differ from captum's by 7.7e-3 of their maximum (relative
-L2 2.8e-3), while captum itself is 7.6e-3 from a float64 run; with ``fast_copy=false`` cnnviz equals
-captum to 1e-7. Runs that must match another library bit for bit should turn the copy off.
+The price is rounding: channels-last convolutions sum in another order, with a larger float32 error.
+Gradients of ReLU networks amplify such differences where a unit sits near zero: integrated gradients
+on random-weight VGG-19 differ from captum's about as much as captum differs from a float64 run, and
+equal captum's to float32 precision with the copy off. Runs that must match another library bit for
+bit should turn the copy off.
 
 A BatchNorm is folded only when, in a probe forward, the tensor it received *is* the output of the
 convolution registered just before it; the copy is used only when its logits match the model's on
@@ -23,9 +21,13 @@ the probe and when no requested layer is a convolution whose output the folding 
 would then include the BatchNorm). Otherwise the model itself runs. The copy is cached per model and
 rebuilt when any parameter or buffer changes storage or version counter — which every in-place op
 does, optimisers' steps and ``load_state_dict`` included, but not an in-place op on ``.data``
-(``p.data.mul_(2)``): after such a change call ``fastpath._CACHE.clear()`` or run with
-``fast_copy=false``. (Summing every tensor on each pass to catch it cost 15-40 % of a Grad-CAM call.)
-``exact()`` turns it off.
+(``p.data.mul_(2)``): after such a change call ``fastpath.clear_cache()`` or run with
+``fast_copy=false``. (Summing every tensor on each pass to catch it cost a large share of a Grad-CAM
+call; docs/performance.md.)
+
+Off unless asked: ``using(True)`` turns it on for the calls made inside the block, in this thread and
+in the streams it starts (a context variable, not a global: the engine enters it from
+``Speed(fast_copy=True)``, the runner from ``fast_copy: true``); ``exact()`` turns it off inside a block.
 """
 from __future__ import annotations
 
@@ -33,33 +35,50 @@ import copy
 import logging
 import weakref
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import ContextManager, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
 
+from ..core import passes
+from ..core.bnfold import can_fold, folded_parameters
 from ..core.hooks import removing
 
 log = logging.getLogger("cnnviz")
 
-_enabled = True
+#: whether the calls in this context run on the fast copy; off by default (the library API)
+_on: ContextVar[bool] = ContextVar("cnnviz_fast_copy", default=False)
 
 
 @contextmanager
-def exact() -> Iterator[None]:
-    """Run the models exactly as given inside the block (no folded copy)."""
-    global _enabled
-    previous, _enabled = _enabled, False
+def using(flag: bool) -> Iterator[None]:
+    """The fast copy on (``True``) or off inside the block, as it was after it. The shared passes of
+    ``cnnviz.core.passes`` run on it too: this scope sets their ``RUN_AS``."""
+    flag = bool(flag)
+    on, run_as = _on.set(flag), passes.RUN_AS.set(fast_model if flag else None)
     try:
         yield
     finally:
-        _enabled = previous
+        passes.RUN_AS.reset(run_as)
+        _on.reset(on)
 
 
-def set_enabled(flag: bool) -> None:
-    global _enabled
-    _enabled = bool(flag)
+def exact() -> ContextManager[None]:
+    """Run the models exactly as given inside the block (no folded copy)."""
+    return using(False)
+
+
+def enabled() -> bool:
+    """Whether calls made here run on the fast copy."""
+    return _on.get()
+
+
+def clear_cache() -> None:
+    """Forget every fast copy: the next call builds it again from the model as it is now (needed after
+    a change the cache cannot see, such as ``p.data.mul_(2)``)."""
+    _CACHE.clear()
 
 
 @dataclass
@@ -81,8 +100,7 @@ def _foldable_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, st
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children()) or isinstance(m, nn.modules.batchnorm._BatchNorm)]
     candidates = []
     for (cn, conv), (bn_name, bn) in zip(leaves, leaves[1:]):
-        if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats
-                and bn.running_mean is not None and conv.out_channels == bn.num_features):
+        if can_fold(conv, bn):
             candidates.append((cn, bn_name))
     if not candidates:
         return []
@@ -101,12 +119,9 @@ def _foldable_pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, st
 
 def _fold(conv: nn.Conv2d, bn: nn.modules.batchnorm._BatchNorm) -> None:
     """Out of place: the copy's other parameters share storage with the model's."""
-    scale = (bn.weight if bn.affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
-    with torch.no_grad():
-        conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
-        conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+    weight, bias = folded_parameters(conv, bn)
+    conv.weight = nn.Parameter(weight, requires_grad=False)
+    conv.bias = nn.Parameter(bias, requires_grad=False)
 
 
 class _FoldedNorm(nn.Module):
@@ -166,7 +181,7 @@ def instrumented(model: nn.Module) -> bool:
 def fast_model(model: nn.Module, x: torch.Tensor, layers: Sequence[str] = ()) -> tuple[nn.Module, torch.Tensor]:
     """``(model to run, input for it)``: the folded channels-last copy and ``x`` in channels-last memory
     when that is safe for ``layers``, else ``model`` and ``x`` unchanged."""
-    if not _enabled or x.ndim != 4 or instrumented(model):
+    if not _on.get() or x.ndim != 4 or instrumented(model):
         return model, x
     entry = _CACHE.get(model)
     if entry is None or entry.fingerprint != _fingerprint(model):

@@ -3,8 +3,8 @@
 PyTorch takes CPU tensors from ``malloc``. glibc serves every request above its mmap threshold (at
 most 32 MB) with a fresh ``mmap`` and returns it with ``munmap`` when the tensor is freed, so each
 batch of a perturbation or path method pays a page fault (and the kernel's zeroing) on every 4 KiB of
-every large activation again: about 300,000 faults per VGG-19 forward + backward at batch 10, which on
-this machine's virtual CPUs was a tenth of the time (4.2 s -> 3.7 s per batch without them).
+every large activation again: hundreds of thousands of faults per VGG-19 forward + backward at batch
+10, a noticeable share of the time on virtual CPUs (docs/performance.md).
 
 ``reusing_freed_memory()`` lets malloc serve every size from its heap and keep what is freed there,
 so the next batch finds its memory already mapped — what PyTorch's caching allocator does on a GPU.
@@ -12,22 +12,28 @@ On exit the heap is trimmed, so the process does not keep the technique's peak m
 left ``settle()``d: any ``mallopt`` call ends glibc's dynamic thresholds for good, so they are fixed
 where the dynamic ones end up in a PyTorch process once its large tensors are freed (mmap above
 32 MB, trim above 64 MB: glibc's maxima). Call ``settle()`` first when code timed before and after a
-block should run under the same malloc settings (``scripts/bench.py`` does, for the peers). Elsewhere
+block should run under the same malloc settings (``benchmarks/`` does, for the peers). Elsewhere
 than glibc all this does nothing. Blocks may nest; threads share the one setting (malloc's options
 are process-wide).
 
 A thread malloc has not seen before gets an arena of its own, and such an arena grows in heaps of
 at most 64 MB: a larger block comes from ``mmap`` whatever the settings above, and is faulted in
-again on every batch. ``one_arena()`` (called when ``cnnviz.speed.streams`` is imported) has threads
-started from then on share the arenas that exist — for good: glibc fixes the limit when the
-next thread starts, as ``MALLOC_ARENA_MAX=1`` in the environment would.
+again on every batch. ``one_arena()`` has threads started from then on share the arenas that
+exist — for good: glibc fixes the limit when the next thread starts, as ``MALLOC_ARENA_MAX=1`` in
+the environment would.
+
+Nothing here runs unless asked: importing changes no malloc setting, and the techniques reuse freed
+memory only inside ``using(True)`` (``reusing_when_asked``), which the engine enters from
+``Speed(reuse_memory=True)`` and the runner from ``reuse_memory: true``; the same scope, in the
+engine, calls ``one_arena()``. Measured benefits: docs/performance.md.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Iterator, Optional
 
 # mallopt parameters (malloc.h); glibc's default mmap count, and its dynamic thresholds' maxima on 64 bits
@@ -37,6 +43,8 @@ _NEVER = 2**31 - 1  # mallopt takes an int
 
 _lock = threading.Lock()
 _depth = 0
+#: whether the techniques called in this context reuse freed memory; off by default (the library API)
+_asked: ContextVar[bool] = ContextVar("cnnviz_reuse_memory", default=False)
 
 
 def _load_glibc() -> Optional[ctypes.CDLL]:
@@ -94,3 +102,18 @@ def reusing_freed_memory() -> Iterator[None]:
             if _depth == 0:
                 _settle()
                 _libc.malloc_trim(0)
+
+
+@contextmanager
+def using(flag: bool) -> Iterator[None]:
+    """Techniques called inside the block reuse freed memory between their batches (``True``) or not."""
+    token = _asked.set(bool(flag))
+    try:
+        yield
+    finally:
+        _asked.reset(token)
+
+
+def reusing_when_asked():
+    """``reusing_freed_memory()`` inside ``using(True)``, else a block that changes nothing."""
+    return reusing_freed_memory() if _asked.get() else nullcontext()

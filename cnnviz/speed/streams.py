@@ -2,31 +2,30 @@
 
 Integrated gradients and SmoothGrad evaluate many batches that do not depend on each other (path
 points, noisy copies). PyTorch spreads each operation over its intra-op threads, and some layers
-spread badly: on this project's 2-core machine two threads make a VGG-19 forward + input gradient
-only 1.67x faster than one (the 3-channel first convolution 1.7x, the 14x14 layers 1.4x). Two
-threads with one intra-op thread each, every one running its own batch, keep both cores busy
-instead. VGG-19, 50 steps or samples, 10 in flight, two runs each: integrated gradients 18.2 / 17.7 s
-against 22.1 / 20.2 s in one stream, SmoothGrad 16.9 / 19.0 s against 22.4 / 18.4 s. Not on every
-network: on efficientnet_lite0, three runs each, IG took 2.00 / 1.84 / 1.80 s against 2.14 / 1.85 /
-1.85 s, SmoothGrad 2.00 / 1.92 / 1.90 s against 1.75 / 1.82 / 1.66 s (slower). One intra-op thread
-also rounds differently from two: the maps move by up to 4e-6 of their maximum on VGG-19 and 3.9e-4
-on efficientnet_lite0 (captum itself moves as much from two threads to one). Hence a per-network
-setting, ``model.streams`` (``set_streams``): 1 unless measured to pay, 2 in ``conf/model/vgg19.yaml``.
+spread badly: on a 2-core machine two threads make a VGG-19 forward + input gradient far less than
+twice as fast as one. Two threads with one intra-op thread each, every one running its own batch,
+keep both cores busy instead: faster on VGG-19, not on every network (slower on efficientnet_lite0).
+One intra-op thread also rounds differently from two (the maps move slightly, as captum's do). Hence
+a per-network setting, ``model.streams`` (``Speed(streams=n)``): 1 unless measured to pay, 2 in
+``conf/model/vgg19.yaml``. The measurements: docs/performance.md.
 
 The streams split the intra-op threads between them, and each batch holds half the technique's
 batch size, so as many samples are in flight as with one stream. Results come back in order, so
 sums over batches add up in the same order whatever the streams did. Used only where asked and safe:
 on CPU, on the fast copy (``cnnviz.speed.fastpath``; with ``fast_copy=false`` the model as given may carry
 state a second thread would see), for techniques whose passes touch no hook and no module state
-(``GradientMethod.concurrent``), and never from inside a stream. Anything else runs in the calling
+(``Method.concurrent``, from the declared ``concurrent_safe``), and never from inside a stream. Anything else runs in the calling
 thread as before.
 
-Importing this module has threads started later take their memory from the arenas malloc already
-has (``memory.one_arena``): an arena of their own could not hold a block above 64 MB, and would map
-and fault in every large activation again (VGG-19, batch 5: 64.2 MB).
+The number of streams is a context variable (``using(n)``; the engine enters it from
+``Speed(streams=n)``, the runner from ``model.streams``), 1 by default, and each batch a stream runs
+sees the caller's context (the fast copy's switch included). Importing this module changes nothing
+in the process; with ``Speed(reuse_memory=True)`` the engine also has the threads share malloc's
+arenas (``memory.one_arena``), so that the streams' large activations come from the reused heap.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections import deque
@@ -37,10 +36,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import torch
 from torch import nn
 
-from ..speed import memory
 from .fastpath import fast_model
-
-memory.one_arena()  # before PyTorch's threads and ours start: see memory.one_arena
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,32 +44,31 @@ R = TypeVar("R")
 _local = threading.local()
 _lock = threading.Lock()
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
-_wanted = 1  # the run's model.streams
+#: streams asked for in this context (``model.streams``); 1 runs every batch in the calling thread
+_wanted: contextvars.ContextVar[int] = contextvars.ContextVar("cnnviz_streams", default=1)
 
 
-def set_streams(n: int) -> None:
-    """Streams asked for from now on (``model.streams``); 1 runs every batch in the calling thread."""
-    global _wanted
+def check(n: object) -> int:
+    """``n`` if it is a valid number of streams (a positive integer), else ``ValueError``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"streams must be a positive integer, got {n!r}")
-    _wanted = n
+    return n
 
 
 @contextmanager
 def using(n: int) -> Iterator[None]:
-    """``set_streams(n)`` inside the block, the previous setting after it."""
-    previous = _wanted
-    set_streams(n)
+    """``n`` streams for the calls made inside the block, the previous setting after it."""
+    token = _wanted.set(check(n))
     try:
         yield
     finally:
-        set_streams(previous)
+        _wanted.reset(token)
 
 
 def stream_count(model: nn.Module, x: torch.Tensor) -> int:
     """How many streams the batches of ``model`` on ``x`` run in: the setting, at most one per
     intra-op thread, and 1 wherever streams would not be safe."""
-    n = min(_wanted, torch.get_num_threads())
+    n = min(_wanted.get(), torch.get_num_threads())
     if n < 2 or x.device.type != "cpu" or getattr(_local, "worker", False):
         return 1
     net, _ = fast_model(model, x)  # also builds the copy here, before two threads could both build it
@@ -96,7 +91,8 @@ def in_order(fn: Callable[[T], R], items: Iterable[T], streams: int) -> Iterator
     pending: deque[Future] = deque()
     try:
         for item in items:
-            pending.append(pool.submit(fn, item))
+            # each call sees this thread's context (the fast copy's switch): threads do not inherit it
+            pending.append(pool.submit(contextvars.copy_context().run, fn, item))
             if len(pending) >= streams:
                 yield pending.popleft().result()
         while pending:

@@ -1,0 +1,4 @@
+"""``python -m benchmarks [--quick]``: the same as ``python benchmarks/run.py``."""
+from benchmarks.run import main
+
+main()
