@@ -35,8 +35,7 @@ def _isolated_cache(image_cache, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _one_stream():
-    """Each test starts with the library's default of one stream: a plan built for vgg19 asks for
-    two (model.streams), and that setting would otherwise outlive its test."""
+    """Each test starts with one stream, the library's default, whatever the enclosing process set."""
     from cnnviz.speed import streams
 
     with streams.using(1):

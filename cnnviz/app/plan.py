@@ -74,15 +74,21 @@ def build_methods(cfg_methods: DictConfig) -> tuple[dict[str, Method], dict[str,
         params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
         if "layer" in params:
             layers[str(name)] = params.pop("layer")
-        valid = {f.name for f in dataclasses.fields(cls)} | {"layer"}
-        for key in params:
-            if key not in valid:
-                raise ConfigError(f"method.{name}.{key}: unknown hyperparameter of {name}"
-                                  f"{close_hint(str(key), valid)}; valid: {', '.join(sorted(valid))}")
-        check_value_types(cls, params, f"method.{name}")
-        check_values(cls, params, f"method.{name}")
+        check_params(cls, params, f"method.{name}", f"hyperparameter of {name}", extra=("layer",))
         methods[str(name)] = cls(**params)
     return methods, layers
+
+
+def check_params(cls: type, params: dict[str, Any], prefix: str, what: str, extra: tuple[str, ...] = ()) -> None:
+    """ConfigErrors naming ``<prefix>.<key>`` for an unknown key (with close matches), a value of the
+    wrong type, or a value outside what its field declares."""
+    valid = {f.name for f in dataclasses.fields(cls)} | set(extra)
+    for key in params:
+        if key not in valid:
+            raise ConfigError(f"{prefix}.{key}: unknown {what}{close_hint(str(key), valid)}; "
+                              f"valid: {', '.join(sorted(valid)) or 'none'}")
+    check_value_types(cls, params, prefix)
+    check_values(cls, params, prefix)
 
 
 def close_hint(word: str, valid) -> str:
@@ -122,13 +128,7 @@ def build_metrics(cfg_metrics: Optional[DictConfig], mean, std) -> dict[str, Met
     for name, params in (cfg_metrics or {}).items():
         cls = get_metric(str(name))
         params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
-        valid = {f.name for f in dataclasses.fields(cls)}
-        for key in params:
-            if key not in valid:
-                raise ConfigError(f"metrics.{name}.{key}: unknown option of {name}{close_hint(str(key), valid)}; "
-                                  f"valid: {', '.join(sorted(valid)) or 'none'}")
-        check_value_types(cls, params, f"metrics.{name}")
-        check_values(cls, params, f"metrics.{name}")
+        check_params(cls, params, f"metrics.{name}", f"option of {name}")
         metric = cls(**params)
         for key, stat in (("input_mean", mean), ("input_std", std)):  # pixel-space substrates need the normalisation
             if getattr(metric, key, False) is None:
