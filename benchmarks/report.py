@@ -257,7 +257,7 @@ def git_rev() -> str:
 
 def versions() -> str:
     out = [f"torch {torch.__version__}"]
-    for mod in ("captum", "pytorch_grad_cam", "torchcam"):
+    for mod in ("captum", "pytorch_grad_cam", "torchcam", "quantus"):
         try:
             from importlib.metadata import version
             out.append(f"{mod} {version({'pytorch_grad_cam': 'grad-cam'}.get(mod, mod))}")

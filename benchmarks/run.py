@@ -1,7 +1,8 @@
 """Time cnnviz next to captum, pytorch-grad-cam and torchcam, side by side in one run.
 
     python -m benchmarks [--quick] [--models efficientnet_lite0 vgg19] [--repeats 5] [--threads 2]
-                         [--items cams gradients classic4 layers16 ablation scorecam ig smoothgrad occlusion]
+                         [--items cams gradients classic4 layers16 ablation scorecam ig smoothgrad occlusion gallery
+                                  dataset] [--dataset-images 256] [--dataset-maps 64] [--dataset-steps 49]
     (or python benchmarks/run.py with the same options)
 
 cnnviz runs with the accelerations ``python run.py`` uses (``fast_copy`` and ``reuse_memory`` of
@@ -29,6 +30,9 @@ at cnnviz's batch only (IG internal_batch_size 10, NoiseTunnel 10, Occlusion per
 the full run tries None/10/25, None/10/25 and 1/16/64), no torchcam ScoreCAM and no pytorch-grad-cam
 AblationCAM (512 channels x a full vgg19 forward: 2.4 of the 5 minutes a quick run took with it); about
 2.5 minutes on 2 cores.
+``dataset`` (benchmarks/dataset.py): a list of generated images through cnnviz batched vs one image at a
+time, Grad-CAM vs pytorch-grad-cam and torchcam, deletion + insertion vs Quantus, and run.py's whole-process
+overhead; --quick: 64 images and 16 maps instead of 256 and 64.
 The full run takes about 45 minutes on 2 cores (vgg19 occlusion: 729-784 vgg19 forwards per
 library and batch setting).
 """
@@ -50,10 +54,12 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/run.py): mak
 
 import torch  # noqa: E402
 
+from benchmarks.dataset import run_dataset, target_lines as dataset_lines  # noqa: E402
 from benchmarks.harness import Bench  # noqa: E402
 from benchmarks.report import agreement, table, targets, git_rev, versions  # noqa: E402
-from benchmarks.settings import (ATOL_REL, COLD_S, ITEMS, MODELS, RTOL, SG_MIN_CORR, SG_NOISE,  # noqa: E402
-                                 SG_SAMPLES, TARGET)
+from benchmarks.settings import (ATOL_REL, COLD_S, DATASET_IMAGES, DATASET_MAPS, DATASET_STEPS,  # noqa: E402
+                                 ITEMS, MODELS, PER_MODEL_ITEMS, QUICK_DATASET_IMAGES, QUICK_DATASET_MAPS, RTOL,
+                                 SG_MIN_CORR, SG_NOISE, SG_SAMPLES, TARGET)
 from benchmarks.suites import classic_gallery, run_model, streams_used  # noqa: E402
 from benchmarks.thresholds import THRESHOLDS  # noqa: E402
 from cnnviz.speed import memory  # noqa: E402
@@ -76,6 +82,13 @@ def main() -> None:
     ap.add_argument("--items", nargs="+", choices=ITEMS, default=list(ITEMS), help="a subset of the comparisons")
     ap.add_argument("--scorecam-layer", default=None,
                     help="efficientnet_lite0 layer for the Score-CAM rows (default bn2, 1280 channels)")
+    ap.add_argument("--dataset-images", type=int, default=None,
+                    help=f"dataset section: images in the list (default {DATASET_IMAGES}; --quick {QUICK_DATASET_IMAGES})")
+    ap.add_argument("--dataset-maps", type=int, default=None,
+                    help=f"dataset section: Grad-CAM maps measured by deletion + insertion against Quantus "
+                         f"(default {DATASET_MAPS}; --quick {QUICK_DATASET_MAPS})")
+    ap.add_argument("--dataset-steps", type=int, default=DATASET_STEPS,
+                    help=f"dataset section: deletion / insertion steps, a divisor of 224 x 224 (default {DATASET_STEPS})")
     ap.add_argument("--exact", action="store_true",
                     help="run cnnviz on the models as given, without its BatchNorm-folded channels-last copy "
                          "(cnnviz.speed.fastpath); the peers always run the models as given")
@@ -84,6 +97,11 @@ def main() -> None:
         args.repeats = 2 if args.quick else 5
     if args.slow_repeats is None:
         args.slow_repeats = 0 if args.quick else 3
+    if args.dataset_images is None:
+        args.dataset_images = QUICK_DATASET_IMAGES if args.quick else DATASET_IMAGES
+    if args.dataset_maps is None:
+        args.dataset_maps = QUICK_DATASET_MAPS if args.quick else DATASET_MAPS
+    args.dataset_maps = min(args.dataset_maps, args.dataset_images)
     args.ig_batches = [10] if args.quick else [None, 10, 25]
     args.sg_batches = [10] if args.quick else [None, 10, 25]
     args.occ_batches = [16] if args.quick else [1, 16, 64]
@@ -97,9 +115,10 @@ def main() -> None:
     wall0 = time.perf_counter()
     for name in MODELS:
         generic, specific = name in generic_models, name in specific_models
-        if generic or specific:
+        if (generic or specific) and set(args.items) & set(PER_MODEL_ITEMS):
             run_model(b, name, generic, specific)
     gallery = classic_gallery(b, args.repeats) if "gallery" in args.items else []
+    data = run_dataset(args, b.log) if "dataset" in args.items else None
     wall = time.perf_counter() - wall0
     load1 = os.getloadavg()
 
@@ -164,6 +183,14 @@ def main() -> None:
         print(f"  {verdict} classic 12-item gallery in one job: wall <= {limit.limit:g} x (model load + items' compute): "
               f"median {ratio:.3f} over {len(gallery)} run(s) (" + ", ".join(
                   f"{t['wall_s']:.2f} s / ({t['load_s']:.2f} + {t['compute_s']:.2f})" for t in gallery) + ")")
+    if data is not None:
+        print()
+        print(f"dataset section (benchmarks/dataset.py): {args.dataset_images} generated 224x224 images, "
+              f"batch_size {data.get('batch_size')} (the runner's default), {args.dataset_maps} maps x "
+              f"{args.dataset_steps} steps for deletion + insertion{' (--quick)' if args.quick else ''}; "
+              "contenders take turns chunk by chunk:")
+        for line in dataset_lines(data):
+            print("  " + line)
     print()
     print(f"total wall time {wall:.0f} s")
 

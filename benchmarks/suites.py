@@ -12,7 +12,7 @@ from benchmarks.harness import Bench, first_line, fresh, submodule
 from benchmarks.peers import (captum_attr, captum_classic4, captum_layer_gradcam, captum_noise_tunnel,
                               captum_noise_tunnel_given_draws, gradcam_lib, torchcam_lib)
 from benchmarks.settings import (GRADIENT_CAMS, GRADIENTS, IG_STEPS, MODELS, OCC_STRIDE, OCC_WINDOW, ROOT,
-                                 SG_NOISE, SG_SAMPLES, TARGET, load_model)
+                                 SG_NOISE, SG_SAMPLES, TARGET, CLASSIC4, load_model)
 from cnnviz import get_method
 from cnnviz.engine import compute, compute_group
 from cnnviz.speed import Speed, applied, fastpath
@@ -177,7 +177,7 @@ def run_items(b: Bench, name: str, model: nn.Module, x: torch.Tensor, generic: b
                       lambda cp_cls=cp_cls, kw=kw: captum_attr(cp_cls, model, x, **kw))
 
     if generic and "classic4" in items:
-        names = ("vanilla_backprop", "guided_backprop", "gradcam", "guided_gradcam")
+        names = CLASSIC4
 
         def group_fn():
             methods = {n: cnnviz_method(n, mean, std) for n in names}

@@ -28,4 +28,9 @@ THRESHOLDS: dict[str, Threshold] = {t.what: t for t in (
     Threshold("scorecam_x_peer", 0.8),          # cnnviz / pytorch-grad-cam ScoreCAM
     Threshold("slow_x_captum", 0.8),            # IG, SmoothGrad, occlusion / captum's best setting
     Threshold("gallery_overhead", 1.15),        # classic gallery wall / (model load + items' compute)
+    # the dataset section (benchmarks/dataset.py, issue 23)
+    Threshold("dataset_classic4_x_loop", 1.5, at_most=False),   # images/s batched / one image at a time
+    Threshold("dataset_gradcam_x_peer", 2, at_most=False),      # pytorch-grad-cam's and torchcam's time / cnnviz's
+    Threshold("dataset_metrics_x_quantus", 5, at_most=False),   # deletion + insertion: Quantus's time / cnnviz's
+    Threshold("dataset_process_overhead", 1.15),  # run.py on the list: wall / (model load + compute)
 )}

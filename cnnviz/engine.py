@@ -1,8 +1,9 @@
 """The engine: techniques computed on one model, input and target, sharing their passes.
 
 ``compute`` runs one technique (one Attribution per layer); ``compute_group`` runs several on the
-same input and target, one shared gradient pass per backward rule. The runner and ``explain`` both
-call these, so a notebook result and a runner result come from one code path.
+same input and target, one shared gradient pass per backward rule; ``compute_batch`` runs a group on
+a batch of images with a target per image and gives each image its own results. The runner and
+``explain`` call these, so a notebook result and a runner result come from one code path.
 
 Both take a ``speed`` (``cnnviz.speed.Speed``): the accelerations applied around the call. None
 keeps those of the enclosing scope (the runner applies its configuration's around a whole run, its
@@ -98,3 +99,45 @@ def _compute_group(methods: dict[str, Method], model: nn.Module, x: torch.Tensor
             result, error = None, e
         out[name] = ItemResult(result, error, shared_ms + (time.perf_counter() - start) * 1000.0)
     return out
+
+
+def compute_batch(methods: dict[str, Method], model: nn.Module, x: torch.Tensor, targets: Sequence[Target],
+                  layers: dict[str, Sequence[str]], speed: Optional[Speed] = None,
+                  seed: Optional[int] = None) -> dict[str, list[ItemResult]]:
+    """A group of techniques on a batch of images ``x`` (B, C, H, W), ``targets[i]`` for image i
+    (None: its top-1 class). Per technique, one ``ItemResult`` per image whose Attributions are
+    that image's alone (``Attribution.row``): equal to ``compute_group`` on the image by itself.
+
+    Techniques whose batch result splits by rows (``Method.batch_rows``) compute the whole batch in
+    one call, sharing their passes; the others, and every technique whose batch call failed, run
+    image by image, so a failure (a target out of range, a non-finite map) is that image's alone.
+    ``seed``: torch's generator is seeded with it before every call, so that techniques drawing
+    noise draw for each image what a call on that image alone draws."""
+    if len(targets) != x.shape[0]:
+        raise ValueError(f"{len(targets)} targets for a batch of {x.shape[0]} images")
+    with _scope(speed):
+        return _compute_batch(methods, model, x, list(targets), layers, seed)
+
+
+def _compute_batch(methods, model, x, targets, layers, seed) -> dict[str, list[ItemResult]]:
+    n = x.shape[0]
+    together = {k: m for k, m in methods.items() if m.batch_rows} if n > 1 else {}
+    out: dict[str, list[ItemResult]] = {}
+    if together:
+        if seed is not None:
+            torch.manual_seed(seed)
+        batch_target = None if all(t is None for t in targets) else targets
+        for name, result in _compute_group(together, model, x, batch_target, layers).items():
+            if result.error is None:
+                rows = [[a.row(i) for a in result.attributions] for i in range(n)]
+                out[name] = [ItemResult(r, None, result.ms / n) for r in rows]
+    alone = {k: m for k, m in methods.items() if k not in out}
+    if alone:
+        per_image = []
+        for i in range(n):
+            if seed is not None:
+                torch.manual_seed(seed)
+            per_image.append(_compute_group(alone, model, x[i:i + 1], targets[i], layers))
+        for name in alone:
+            out[name] = [results[name] for results in per_image]
+    return {name: out[name] for name in methods}

@@ -49,3 +49,98 @@ def test_the_table_compares_cnnviz_with_the_best_peer_of_its_group():
             Row("m", "LayerGradCam @l", "captum", "gradcam", ms=4.0, runs=2)]
     line = next(l for l in table(rows).splitlines() if "cnnviz" in l)
     assert "1.250" in line and "0.50" in line  # 5 / 4 (captum, the fastest peer); 5 / 10 (the floor)
+
+
+# ---------------------------------------------------------------- the dataset section (issue 23)
+
+import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks import dataset  # noqa: E402
+
+
+def _has(*modules):
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def tiny_setup(n=4, size=16, batch_size=2):
+    """conv -> ReLU -> conv -> GAP -> linear on seeded weights: a network whose Grad-CAM and
+    deletion / insertion curves every library computes in milliseconds."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    images = dataset.dataset_images(n, size=size)
+    x = dataset.to_input(images, [0.5] * 3, [0.5] * 3)
+    return dataset.Setup(model=model, layer="2", mean=[0.5] * 3, std=[0.5] * 3, x=x, targets=[0, 1, 2, 3][:n],
+                         batch_size=batch_size)
+
+
+def test_dataset_images_are_deterministic_distinct_crops():
+    a, b = dataset.dataset_images(6, size=32), dataset.dataset_images(6, size=32)
+    assert a.shape == (6, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert len({im.tobytes() for im in a}) == 6
+
+
+def test_the_batch_size_is_the_runners_default_else_16(tmp_path):
+    (tmp_path / "config.yaml").write_text("defaults:\n  - _self_\nbatch_size: 8\n")
+    assert dataset.runner_batch_size(tmp_path / "config.yaml") == 8
+    (tmp_path / "config.yaml").write_text("defaults:\n  - _self_\nseed: 0\n")
+    assert dataset.runner_batch_size(tmp_path / "config.yaml") == 16
+
+
+def test_the_section_prints_four_ratio_lines_with_met_and_missed():
+    res = {"classic4": {"batched_s": 10.0, "loop_s": 16.0, "n": 256, "batch_size": 16, "max_diff": 0.0},
+           "gradcam": {"n": 256, "cnnviz_s": 4.0, "pytorch-grad-cam_s": 10.0, "torchcam_s": 6.0,
+                       "pytorch-grad-cam_corr": 0.999, "torchcam_corr": 0.9995, "torchcam_mode": "batch"},
+           "perturbation": {"n": 64, "steps": 49, "cnnviz_s": 2.0, "quantus_s": 9.0, "curve_diff": 1e-6,
+                            "auc_diff": 1e-5, "tol": 1e-4, "api": "Metric.batch"},
+           "process": {"n": 256, "wall_s": 11.0, "load_s": 1.0, "compute_s": 9.0, "overhead": 1.1}}
+    lines = [l for l in dataset.target_lines(res) if l.startswith(("MET", "MISSED"))]
+    assert len(lines) == 4  # classic four, Grad-CAM (both peers), deletion + insertion, whole process
+    verdicts = [l.split()[0] for l in lines]
+    assert verdicts == ["MET", "MISSED", "MISSED", "MET"]  # Grad-CAM: 2.5x one peer, 1.5x the other
+    assert "1.60x" in lines[0] and "2.50x" in lines[1] and "1.50x" in lines[1] and "4.50x" in lines[2]
+    assert "1.100" in lines[3]
+    assert dataset.THRESHOLDS["dataset_classic4_x_loop"].limit == 1.5
+
+
+def test_classic_four_batched_equals_the_one_image_loop_on_a_tiny_model():
+    res = dataset.classic4(tiny_setup())
+    assert res["batched_s"] > 0 and res["loop_s"] > 0
+    assert res["max_diff"] < 1e-5
+
+
+@pytest.mark.skipif(not _has("pytorch_grad_cam", "torchcam"), reason="needs the [bench] extra")
+def test_gradcam_agrees_with_pytorch_grad_cam_and_torchcam_on_a_tiny_model():
+    res = dataset.gradcam_peers(tiny_setup())
+    assert res["pytorch-grad-cam_corr"] > 0.99 and res["torchcam_corr"] > 0.99
+    assert res["torchcam_mode"] in ("batch", "loop")
+
+
+@pytest.mark.skipif(not _has("quantus"), reason="needs quantus (pip install quantus)")
+def test_deletion_and_insertion_equal_quantus_pixel_flipping_on_a_tiny_model():
+    had = hasattr(np, "trapz")
+    setup = tiny_setup(size=16)
+    maps = dataset.gradcam_maps(setup)
+    res = dataset.perturbation_vs_quantus(setup, maps, steps=4)
+    assert res["curve_diff"] < res["tol"] and res["auc_diff"] < res["tol"] * 4
+    assert hasattr(np, "trapz") == had  # the numpy patch is undone
+
+
+@pytest.mark.slow
+def test_the_dataset_section_runs_end_to_end_in_a_tiny_configuration():
+    pytest.importorskip("quantus")
+    pytest.importorskip("pytorch_grad_cam")
+    pytest.importorskip("torchcam")
+    out = subprocess.run([sys.executable, "-m", "benchmarks", "--items", "dataset", "--dataset-images", "4",
+                          "--dataset-maps", "2", "--dataset-steps", "16"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [l.strip() for l in out.stdout.splitlines() if l.strip().startswith(("MET", "MISSED"))]
+    assert len(lines) == 4, out.stdout
+    assert [l.split()[1] for l in lines] == ["dataset:"] * 4

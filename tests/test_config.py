@@ -111,9 +111,11 @@ def test_typo_key_fails_at_composition():
 
 
 def test_wrong_type_fails_at_composition():
-    compose_cfg(["image=spider", "image.spider.target=12"])  # an int is fine
+    compose_cfg(["image=spider", "image.spider.limit=12"])  # an int is fine
     with pytest.raises(COMPOSE_ERRORS):
-        compose_cfg(["image=spider", "image.spider.target=abc"])
+        compose_cfg(["image=spider", "image.spider.limit=abc"])
+    # a target may be a class name, resolved against the model's class names when the plan is built
+    compose_cfg(["image=spider", "image.spider.target=barn spider"])
 
 
 @pytest.mark.parametrize("override", ["model.preprocess.input_size=big", "seed=abc", "render.alpha=opaque"])

@@ -63,7 +63,7 @@ def test_incremental_path_is_taken_and_stops_where_rectangles_grow_large():
     with torch.inference_mode():
         fast = IncrementalOcclusion.build(model, x, 7, boxes)
         assert fast is not None and 1 <= fast.cut <= len(model.features)
-        for size, clean in zip(fast.sizes, fast.clean[1:]):
+        for size, clean in zip(fast.sizes, fast.activations(0)[1:]):
             assert size[0] * size[1] <= 0.5 * clean.shape[2] * clean.shape[3]
         chunk = boxes[:4]
         batch = x.repeat(4, 1, 1, 1)
@@ -71,6 +71,27 @@ def test_incremental_path_is_taken_and_stops_where_rectangles_grow_large():
             batch[n, :, i:i + 7, j:j + 7] = 0.0
         torch.testing.assert_close(fast.logits(chunk, 0.0), model(batch), rtol=1e-4, atol=1e-5)
     assert isinstance(model.features, nn.Sequential)  # the stand-in is gone
+
+
+def test_copies_of_several_images_in_one_call_equal_full_forwards():
+    """Rows of different images, in any order, each from its own clean activations; an image's are
+    dropped on release and computed again when asked for."""
+    model, x = Net().eval(), torch.randn(3, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    boxes = [(i, j) for i in window_starts(40, 7, 5) for j in window_starts(40, 7, 5)]
+    corners, images = [(0, 0), (15, 30), (33, 5), (15, 30), (20, 20)], [2, 0, 1, 1, 2]
+    with torch.inference_mode():
+        fast = IncrementalOcclusion.build(model, x, 7, boxes)
+        batch = x[images].clone()
+        for n, (i, j) in enumerate(corners):
+            batch[n, :, i:i + 7, j:j + 7] = 0.5
+        want = model(batch)
+        torch.testing.assert_close(fast.logits(corners, 0.5, images), want, rtol=1e-4, atol=1e-5)
+        assert sorted(fast.states) == [0, 1, 2]
+        fast.release(2)
+        assert sorted(fast.states) == [0, 1]
+        torch.testing.assert_close(fast.logits(corners, 0.5, images), want, rtol=1e-4, atol=1e-5)
+        # rows of one image differ from those of another: a mix-up of sources would show
+        assert not torch.allclose(want[1], want[3], rtol=1e-3)
 
 
 def test_model_without_an_entry_sequential_runs_full_forwards():

@@ -12,6 +12,7 @@ The last line printed says ``N ok, M failed`` and where the manifest is.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from .schema import register_configs
 from ..core.errors import ConfigError
@@ -104,6 +105,7 @@ def task(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    resume_if_restarted(cfg)
     try:
         status = _run_job(cfg, out_dir, list(hc.overrides.task), hc, "hydra.sweep.dir" if multirun else "hydra.run.dir")
     except ConfigError as e:
@@ -117,6 +119,57 @@ def task(cfg: DictConfig) -> None:
         raise JobFailed(f"configuration error: {e}") from None  # Hydra records the job as failed and runs the others
     if status and not multirun:
         sys.exit(status)  # in a multirun the failed items are in the job's manifest; the sweep's exit status counts them
+
+
+# --- SLURM: requeued jobs and shards ------------------------------------------------------------------
+
+
+def slurm_restart_count() -> int:
+    """How many times SLURM has restarted this job (``SLURM_RESTART_COUNT``, set in a job that was
+    requeued: ``scontrol requeue``, preemption, a failed node, submitit's own checkpoint-and-requeue);
+    0 in a first run and outside SLURM."""
+    try:
+        return max(int(os.environ.get("SLURM_RESTART_COUNT") or 0), 0)
+    except ValueError:
+        return 0
+
+
+def resume_if_restarted(cfg: DictConfig) -> None:
+    """A restarted job runs again with the same overrides, so into the same folder: give it ``resume=true``
+    semantics, so that the items its earlier run completed are kept, not computed again. (The earlier
+    run's folder lock died with it: ``flock`` is released when its process exits, SIGKILL included.)"""
+    restarts = slurm_restart_count()
+    if restarts:
+        log.info("restarted by SLURM (restart %d): resuming", restarts)
+        if not cfg.resume:
+            with read_write(cfg):
+                cfg.resume = True
+
+
+def expand_shards(args: list[str]) -> list[str]:
+    """``args``, plus ``shard=range(0,N)`` when a multirun asks for ``shards=N`` (N > 1) and names no
+    ``shard``: one job per part, which the SLURM launcher submits as one array job. A single run keeps
+    the ``shard`` it is given (default 0)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-") and "=" in a])
+    except Exception:
+        return args  # malformed: Hydra says what is wrong
+    by_key = {o.key_or_group: o for o in overrides}
+    mode = by_key.get("hydra.mode")
+    multirun = multirun or (mode is not None and str(mode.value()).upper() == "MULTIRUN")
+    shards = by_key.get("shards")
+    if not multirun or shards is None or "shard" in by_key or shards.is_delete():
+        return args
+    if shards.is_sweep_override():
+        raise ConfigError(f"{shards.input_line}: a multirun over several shard counts is not split into jobs by "
+                          "itself; run one shard count per sweep, or name the parts (shards=4 'shard=range(0,4)')")
+    n = shards.value()
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 1:
+        return args  # 1: nothing to split; not an int: the configuration check names the key
+    return args + [f"shard=range(0,{n})"]
 
 
 class FolderCheck(Callback):
@@ -149,12 +202,21 @@ def _make_folder(folder: Path, key: str) -> None:
 
 def entry(hydra_main: Callable[[], None], argv: Optional[list[str]] = None) -> None:
     """Run a ``@hydra.main`` function as the command line does: close-match checks before Hydra,
-    ``--allow-failures``, and a multirun's exit status and merged manifest even when jobs failed."""
+    ``--allow-failures``, ``shards=N`` in a multirun as N jobs (``expand_shards``), and a multirun's exit
+    status and merged manifest even when jobs failed."""
     from .choices import check_choices
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--allow-failures" in args:
         args = [a for a in args if a != "--allow-failures"] + ["allow_failures=true"]
+        sys.argv[1:] = args
+    try:
+        expanded = expand_shards(args)
+    except ConfigError as e:
+        print(f"cnnviz: configuration error: {e}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+    if expanded != args:
+        args = expanded
         sys.argv[1:] = args
     check_choices(args, CONF_DIR)
     try:

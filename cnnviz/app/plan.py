@@ -14,10 +14,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..speed import Speed
 from .schema import ImageConfig, ModelConfig, RenderConfig, check_keys
-from ..core.constraints import check_values
+from ..core.constraints import check_values, param
 from ..core.errors import ConfigError, close_matches, unknown
 from ..core.hooks import capture_outputs, model_state_kept
 from ..data.images import ImageSource, check_preprocess, check_resized_size, sources_from_config, unique_names
+from ..data.lists import resolve_labels
 from ..core.layers import resolve_layer
 from ..methods.base import Method
 from ..metrics import Metric, get_metric
@@ -45,6 +46,10 @@ class Plan:
     metrics: dict[str, Metric] = dataclasses.field(default_factory=dict)
     #: the accelerations the run applies (``fast_copy``, ``model.streams``, ``reuse_memory``)
     speed: Speed = Speed()
+    #: images per batch through the techniques and metrics
+    batch_size: int = 1
+    #: the forward passes' autocast precision: fp32 (none), bf16, fp16
+    precision: str = "fp32"
 
 
 def plain(value: Any) -> Any:
@@ -119,7 +124,7 @@ def check_value_types(cls: type, params: dict[str, Any], prefix: str) -> None:
               isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
               isinstance(value, str))
         if not ok:
-            raise ConfigError(f"{prefix}.{key}={value!r}: must be {_SCALARS[want]}")
+            raise ConfigError(f"{prefix + '.' if prefix else ''}{key}={value!r}: must be {_SCALARS[want]}")
 
 
 def build_metrics(cfg_metrics: Optional[DictConfig], mean, std) -> dict[str, Metric]:
@@ -219,11 +224,12 @@ def parse_targets(target: Any, num_classes: int) -> list[Any]:
     values = list(target) if OmegaConf.is_list(target) or isinstance(target, (list, tuple)) else [target]
     out = []
     for t in values:
-        if t is None or t == "top1":
+        if t is None or t in ("top1", "label"):
             out.append(t)
             continue
         if isinstance(t, bool) or not isinstance(t, int):
-            raise ConfigError(f"target: '{t}' is not a class index; use an int, a list of ints, top1 or null")
+            raise ConfigError(f"target: '{t}' is not a class index; use an int, a list of ints, top1, label "
+                              "(each image's own class) or null (its own class when it has one, else top1)")
         if not 0 <= t < num_classes:
             raise ConfigError(
                 f"target {t} is out of range: the model has {num_classes} classes, valid targets are 0..{num_classes - 1}"
@@ -259,6 +265,28 @@ def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], expanded
     return int(logits.shape[1])
 
 
+@dataclass(frozen=True)
+class Batching:
+    batch_size: int = param(16, min=1)
+    shards: int = param(1, min=1)
+    shard: int = param(0, min=0)
+    precision: str = param("fp32", choices=("fp32", "bf16", "fp16"))
+
+
+def check_batching(cfg: DictConfig, device: torch.device) -> Batching:
+    """``batch_size``, ``shards`` / ``shard`` and ``precision``, checked (ConfigErrors naming the key)."""
+    values = {k: cfg.get(k, getattr(Batching, k)) for k in ("batch_size", "shards", "shard", "precision")}
+    check_value_types(Batching, values, "")
+    check_values(Batching, values, "")
+    b = Batching(**values)
+    if b.shard >= b.shards:
+        raise ConfigError(f"shard={b.shard}: must be below shards={b.shards} (shards are numbered 0..{b.shards - 1})")
+    if b.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision=fp16 needs device=cuda (float16 autocast on CPU is slow and loses range); "
+                          "use precision=bf16 or fp32 on CPU")
+    return b
+
+
 def build_plan(cfg: DictConfig) -> Plan:
     check_keys(cfg.model, ModelConfig, "model")
     for key, image_cfg in (cfg.image or {}).items():
@@ -272,6 +300,7 @@ def build_plan(cfg: DictConfig) -> Plan:
         raise ConfigError(f"model.{e}: 1 runs integrated gradients' and SmoothGrad's batches one after another, "
                           "2 in two parallel streams on CPU (model.streams=2)") from None
     check_values(RenderConfig, OmegaConf.to_container(cfg.render, resolve=True), "render")
+    batching = check_batching(cfg, device)
     methods, method_layers = build_methods(cfg.method)
     metrics = build_metrics(cfg.get("metrics"), cfg.model.preprocess.mean, cfg.model.preprocess.std)
     for m in methods.values():  # techniques that work in pixel space learn the model's normalisation
@@ -304,5 +333,16 @@ def build_plan(cfg: DictConfig) -> Plan:
             layers[name] = []
     num_classes = probe_layers(model, layers, expanded, methods, cfg.model.preprocess, device)
     targets = parse_targets(target, num_classes)
-    return Plan(device, model, cfg.model.preprocess, methods, layers, targets, unique_names(images), num_classes,
-                int(cfg.seed), cfg.render, bool(cfg.resume), metrics, speed)
+    images = resolve_labels(unique_names(images), model.class_names, num_classes)
+    if "label" in targets:
+        unlabelled = [s for s in images if s.default_target is None]
+        if unlabelled:
+            log.warning("target=label: %d image(s) have no label (e.g. %s); their items fail", len(unlabelled),
+                        unlabelled[0].origin or unlabelled[0].name)
+    # names are made unique over the whole list first: every shard's files and rows keep the same names
+    images = images[batching.shard::batching.shards]
+    if not images:
+        raise ConfigError(f"shard={batching.shard} of shards={batching.shards} has no image: the list has fewer "
+                          f"images than shards; use shards<={batching.shard}")
+    return Plan(device, model, cfg.model.preprocess, methods, layers, targets, images, num_classes,
+                int(cfg.seed), cfg.render, bool(cfg.resume), metrics, speed, batching.batch_size, batching.precision)

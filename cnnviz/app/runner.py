@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from ..output.envinfo import environment
 from ..api import Explanation
-from ..engine import ItemResult, compute_group
+from ..core.errors import ConfigError
+from ..engine import ItemResult, compute_batch
+from ..speed.precision import precision_scope, to_device
 from ..speed import applied
 from ..output.files import atomic_write
 from ..output.gallery import write_gallery
@@ -51,11 +53,9 @@ class Unit:
         return "default" if self.target is None else str(self.target)
 
 
-def units_of(plan: Plan) -> list[Unit]:
-    return [
-        Unit(i, m, tuple(plan.layers[m]), target)
-        for i, m, target in itertools.product(range(len(plan.images)), plan.methods, plan.targets)
-    ]
+def units_of(plan: Plan, image: int, target: Any) -> list[Unit]:
+    """The calls of one image and target request: one per technique."""
+    return [Unit(image, m, tuple(plan.layers[m]), target) for m in plan.methods]
 
 
 @dataclass(frozen=True)
@@ -101,66 +101,40 @@ def _execute(plan: Plan, out_dir: Path, load_s: float, manifest: Manifest | None
     clock = {"compute": 0.0}
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
-    # env.json (a git call) and each next image's reading are done by the writer threads while the
+    # env.json (a git call) and the next batch's images are done by background threads while the
     # techniques compute
     env_written = _writers().submit(_write_env, out_dir, plan)
     manifest = manifest if manifest is not None else Manifest(out_dir / "manifest.csv")
     weights_id = weights_identity(plan.model)
-    units = units_of(plan)
-    planned = sum(len(u.layers) or 1 for u in units)
-    atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": len(units)}).encode())
+    calls = len(plan.images) * len(plan.methods) * len(plan.targets)
+    planned = len(plan.images) * len(plan.targets) * sum(len(plan.layers[m]) or 1 for m in plan.methods)
+    atomic_write(out_dir / "progress.json", json.dumps({"planned_rows": planned, "calls": calls}).encode())
     output = RunOutput(plan, out_dir, RenderOptions(plan.render.colormap, float(plan.render.alpha)), len(plan.targets) > 1)
-    groups = list(dict.fromkeys((u.image, u.target) for u in units))
+    log.info("%d calls: %d image(s) x %d method(s) x %d target(s), model %s, batches of %d",
+             calls, len(plan.images), len(plan.methods), len(plan.targets), plan.model.name, plan.batch_size)
+    progress = tqdm(total=calls, desc="cnnviz", unit="call", disable=None)
     skipped = 0
-    log.info("%d calls: %d image(s) x %d method(s) x %d target(s), model %s",
-             len(units), len(plan.images), len(plan.methods), len(plan.targets), plan.model.name)
-    progress = tqdm(total=len(units), desc="cnnviz", unit="call", disable=None)
-    order = list(dict.fromkeys(i for i, _ in groups))
-    upcoming = _writers().submit(_load, plan.images[order[0]], plan) if order else None
-    for k, image_index in enumerate(order):
-        src = plan.images[image_index]
-        loaded = upcoming.result()  # two images in memory at a time: this one and the next
-        upcoming = _writers().submit(_load, plan.images[order[k + 1]], plan) if k + 1 < len(order) else None
-        for target_request in [t for i, t in groups if i == image_index]:
-            todo = [u for u in units if u.image == image_index and u.target == target_request]
-            base = {u.method: {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
-                               "weights_sha256": weights_id, "method": u.method, "params": plan.methods[u.method].params(),
-                               "target_request": u.target_request} for u in todo}
-            if plan.resume:
-                # complete only for the same bytes: an image replaced under the same name is recomputed
-                content = None if isinstance(loaded, Exception) else {"image_sha256": loaded.sha256, "weights_sha256": weights_id}
-                todo, done = missing_parts(todo, base, manifest, plan, out_dir, content)
-                skipped += done
-                progress.update(done)
-            if not todo:
+    batches = [range(k, min(k + plan.batch_size, len(plan.images))) for k in range(0, len(plan.images), plan.batch_size)]
+    # two batches of images in memory at a time: this one and the next, read while this one computes;
+    # the items of one batch are written while the next computes
+    upcoming = _prefetch(plan, batches[0]) if batches else None
+    writing: list = []
+    for k, batch in enumerate(batches):
+        loaded = [f.result() for f in upcoming]
+        upcoming = _prefetch(plan, batches[k + 1]) if k + 1 < len(batches) else None
+        for target_request in plan.targets:
+            work, done = _batch_work(plan, batch, loaded, target_request, weights_id, manifest, out_dir)
+            skipped += done
+            progress.update(done)
+            if not work:
                 continue
             start = time.perf_counter()
-            if isinstance(loaded, Exception):
-                results = {u.method: ItemResult.failed(loaded) for u in todo}
-            else:
-                target = src.default_target if target_request is None else target_request
-                torch.manual_seed(plan.seed)
-                results = compute_group({u.method: plan.methods[u.method] for u in todo}, plan.model.module, loaded.x,
-                                        None if target == "top1" else target, {u.method: u.layers for u in todo})
+            results = _compute_work(plan, work)
             clock["compute"] += time.perf_counter() - start
-            for unit in todo:
-                result = results[unit.method]
-                if plan.metrics and result.error is None:
-                    results[unit.method] = dataclasses.replace(result, attributions=[
-                        evaluate(plan.metrics, a, plan.model.module, loaded.x, method=plan.methods[unit.method],
-                                 layers=unit.layers, mask=loaded.mask) for a in result.attributions])
-            # the items' files are written side by side (numpy, zlib and file writes release the GIL);
-            # the group's rows then go into the manifest with one write
-            image = None if isinstance(loaded, Exception) else loaded
-            written = _writers().map(lambda u: _item_rows(u, base[u.method], results[u.method], image, output), todo)
-            group_rows = []
-            for unit, rows in zip(todo, written):
-                for row in rows:
-                    _log_row(src.name, unit, row)
-                group_rows += rows
-                progress.update(1)
-            manifest.extend(group_rows)
-            log.debug("group %s / target %s: %.0f ms", src.name, target_request, (time.perf_counter() - start) * 1000)
+            writing = _collect(writing, manifest, progress)
+            writing = [(item, u, _writers().submit(_item_rows, u, item.base[u.method], results[item.index][u.method],
+                                                   item.image, output)) for item in work for u in item.units]
+    _collect(writing, manifest, progress)
     progress.close()
     env_written.result()
     frame = manifest.frame()
@@ -173,8 +147,114 @@ def _execute(plan: Plan, out_dir: Path, load_s: float, manifest: Manifest | None
     if skipped:
         log.info("resume: %d item(s) already complete, skipped", skipped)
     log.info("done: %d ok, %d failed; outputs in %s", len(frame) - failed, failed, out_dir)
-    report_timing(out_dir, planned, len(units), load_s, time.perf_counter() - wall0, clock)
+    report_timing(out_dir, planned, calls, load_s, time.perf_counter() - wall0, clock)
     return frame
+
+
+@dataclass
+class Work:
+    """One image's calls for one target request, in a batch."""
+
+    #: position in the batch's work list (results are looked up by it)
+    index: int
+    src: Any
+    image: Optional[LoadedImage]
+    #: None when the image cannot be computed (unreadable, no label): then the error
+    error: Optional[Exception]
+    target: Any
+    units: list[Unit]
+    base: dict
+
+
+def _prefetch(plan: Plan, batch: range) -> list:
+    return [_writers().submit(_load, plan.images[i], plan) for i in batch]
+
+
+def _collect(writing: list, manifest: Manifest, progress) -> list:
+    """Wait for the written items of the previous batch and put their rows into the manifest (one write)."""
+    if not writing:
+        return []
+    rows = []
+    for item, unit, future in writing:
+        for row in future.result():
+            _log_row(item.src.name, unit, row)
+            rows.append(row)
+        progress.update(1)
+    manifest.extend(rows)
+    return []
+
+
+def _batch_work(plan: Plan, batch: range, loaded: list, target_request: Any, weights_id: str, manifest: Manifest,
+                out_dir: Path) -> tuple[list[Work], int]:
+    """The calls still to do for the images of a batch and one target request, and how many items are done."""
+    work, done_total = [], 0
+    for i, image in zip(batch, loaded):
+        src = plan.images[i]
+        units = units_of(plan, i, target_request)
+        base = {u.method: {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
+                           "weights_sha256": weights_id, "method": u.method, "params": plan.methods[u.method].params(),
+                           "target_request": u.target_request} for u in units}
+        if plan.resume:
+            # complete only for the same bytes: an image replaced under the same name is recomputed
+            content = None if isinstance(image, Exception) else {"image_sha256": image.sha256, "weights_sha256": weights_id}
+            units, done = missing_parts(units, base, manifest, plan, out_dir, content)
+            done_total += done
+        if not units:
+            continue
+        error = image if isinstance(image, Exception) else None
+        target = None
+        if error is None:
+            target, error = _row_target(src, target_request)
+        work.append(Work(len(work), src, None if isinstance(image, Exception) else image, error, target, units, base))
+    return work, done_total
+
+
+def _row_target(src, request: Any) -> tuple[Any, Optional[Exception]]:
+    """The class an image's items explain (None: its top-1), or why it has none."""
+    if request is None:
+        return src.default_target, None
+    if request == "top1":
+        return None, None
+    if request == "label":
+        if src.default_target is None:
+            return None, ConfigError(f"target=label but image {src.name} ({src.origin}) has no label: give it a "
+                                     "target (a list's target column, a class subfolder) or use target=null")
+        return src.default_target, None
+    return request, None
+
+
+def _compute_work(plan: Plan, work: list[Work]) -> list[dict[str, ItemResult]]:
+    """Every item of a batch: the images with the same calls to do are computed together
+    (``compute_batch``), then their metrics; failed images get their error."""
+    results: list[dict[str, ItemResult]] = [{} for _ in work]
+    groups: dict[tuple, list[Work]] = {}
+    for item in work:
+        if item.error is not None:
+            results[item.index] = {u.method: ItemResult.failed(item.error) for u in item.units}
+        else:
+            groups.setdefault(tuple((u.method, u.layers) for u in item.units), []).append(item)
+    for calls, items in groups.items():
+        x = torch.cat([item.image.x for item in items])
+        methods = {m: plan.methods[m] for m, _ in calls}
+        with precision_scope(plan.device, plan.precision):
+            out = compute_batch(methods, plan.model.module, x, [item.target for item in items], dict(calls), seed=plan.seed)
+            for m, layers in calls:
+                _add_metrics(plan, m, layers, items, out[m], x)
+        for n, item in enumerate(items):
+            results[item.index] = {m: out[m][n] for m, _ in calls}
+    return results
+
+
+def _add_metrics(plan: Plan, method: str, layers: tuple[str, ...], items: list[Work], results: list[ItemResult],
+                 x: torch.Tensor) -> None:
+    """Each image's Attributions with the configured metrics (in place in ``results``)."""
+    if not plan.metrics:
+        return
+    for n, (item, result) in enumerate(zip(items, results)):
+        if result.error is None:
+            results[n] = dataclasses.replace(result, attributions=[
+                evaluate(plan.metrics, a, plan.model.module, x[n:n + 1], method=plan.methods[method], layers=layers,
+                         mask=item.image.mask) for a in result.attributions])
 
 
 def weights_identity(model) -> str:
@@ -294,7 +374,7 @@ def _load(src, plan: Plan) -> LoadedImage | Exception:
         x, picture = preprocess(img, plan.preprocess)
         mask = box_mask(tuple(x.shape[-2:]), box_to_input(src.box, img.size, plan.preprocess)) if src.box else None
         notes = tuple(str(w) for w in (img.info.get("cnnviz_warnings") or ()))
-        return LoadedImage(src.name, sha, x.to(plan.device), picture, mask, img.size, notes)
+        return LoadedImage(src.name, sha, to_device(x, plan.device), picture, mask, img.size, notes)
     except Exception as e:
         return e
 

@@ -42,16 +42,31 @@ class ModelConfig:
 
 @dataclass
 class ImageConfig:
-    #: skimage | preset | file | folder
+    #: skimage | preset | file | folder | list
     source: str = MISSING
     name: Optional[str] = None
     path: Optional[str] = None
     url: Optional[str] = None
     sha256: Optional[str] = None
-    #: the class explained when the top-level ``target`` is null
-    target: Optional[int] = None
+    #: the class explained when the top-level ``target`` is null (or ``label``); an int or a class name
+    target: Any = None
     #: the object as [x0, y0, x1, y1] in original-image pixels (for metrics=pointing_game)
     box: Optional[List[float]] = None
+    #: folder: also the images in its subfolders
+    recursive: bool = False
+    #: folder: only the files matching this pattern (relative to the folder, e.g. "*.jpg", "n01*/*.JPEG")
+    glob: Optional[str] = None
+    #: folder / list: the first ``limit`` images (after ``shuffle``); null = all
+    limit: Optional[int] = None
+    #: folder / list: a seeded random order (``seed``) instead of the sorted / listed one
+    shuffle: bool = False
+    seed: int = 0
+    #: folder: ``subfolder`` = each image's class is its subfolder's name (torchvision's ImageFolder)
+    label_from: Optional[str] = None
+    #: folder with label_from=subfolder: a JSON file mapping class indices to names or names to indices
+    #: (ImageNet's class_index.json: {"0": ["n01440764", "tench"], ...}); null = the model's class names,
+    #: else the subfolders in sorted order
+    class_index: Optional[str] = None
 
 
 def _structured(options: type, name: str) -> type:
@@ -87,6 +102,13 @@ class Config:
     #: techniques that run many batches keep freed memory in malloc's heap between them (cnnviz.speed.memory)
     reuse_memory: bool = True
     render: RenderConfig = field(default_factory=RenderConfig)
+    #: images per batch through the techniques and metrics (one target per image)
+    batch_size: int = 16
+    #: split the images into ``shards`` parts; this job takes images shard, shard + shards, ...
+    shards: int = 1
+    shard: int = 0
+    #: fp32 | bf16 | fp16: the model's forward passes under autocast at that precision (fp32: none)
+    precision: str = "fp32"
 
 
 def check_keys(node, schema: type, where: str) -> None:

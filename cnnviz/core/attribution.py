@@ -1,6 +1,7 @@
 """The result type every technique returns."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -63,6 +64,10 @@ class Attribution:
     #: further raw results written as files by ``cnnviz.output.writers`` (``writes`` specs name them):
     #: uint8 images ``(H, W[, 3])``, frame stacks ``(T, H, W, 3)``, tables ``{column: 1-D array}``
     extras: dict[str, Any] = field(default_factory=dict)
+    #: for a batch of several images: what belongs to one image alone, one dict per row with any of
+    #: ``warnings`` (tuple of str: all of that image's warnings, in place of the batch's, which may
+    #: name images by their index), ``metrics`` and ``extras`` (added to the batch's, the row's winning)
+    per_row: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         check_logits(self.logits, self.method, self.layer)  # the cause first: a map from such logits means nothing
@@ -73,6 +78,30 @@ class Attribution:
                 raise NonFiniteError(
                     f"{where}: the {label} is not finite ({bad}); the activations or gradients it is computed from "
                     "overflow or hold NaN: choose another layer (layer=...) or check the model's weights")
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    def row(self, i: int) -> "Attribution":
+        """Image ``i`` of the batch as an Attribution of its own (a batch of one): its map, logits,
+        target and upsampled map, its warnings (``per_row``'s, else the batch's), and the batch's
+        metrics and extras updated with its own. The Attribution of a batch of one is returned as it is."""
+        if len(self) == 1 and not self.per_row:
+            if i not in (0, -1):
+                raise IndexError(f"row {i} of a batch of 1")
+            return self
+        own = self.per_row[i] if self.per_row else {}
+        return dataclasses.replace(
+            self, values=self.values[i:i + 1], logits=self.logits[i:i + 1],
+            target=self.target[i:i + 1] if len(self.target) == len(self) else self.target,
+            upsampled=None if self.upsampled is None else self.upsampled[i:i + 1],
+            warnings=tuple(own["warnings"]) if "warnings" in own else self.warnings,
+            metrics={**self.metrics, **own.get("metrics", {})}, extras={**self.extras, **own.get("extras", {})},
+            per_row=())
+
+    def rows(self) -> list["Attribution"]:
+        """Every image of the batch as its own Attribution (``row``)."""
+        return [self.row(i) for i in range(len(self))]
 
     @property
     def is_cam(self) -> bool:

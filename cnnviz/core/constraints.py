@@ -145,7 +145,7 @@ def check_values(cls: type, values: Mapping[str, Any], prefix: str, trust_defaul
     specs = constraints(cls)
     for key, value in values.items():
         spec = specs.get(str(key))
-        error = spec.problem(f"{prefix}.{key}", value, trust_defaults) if spec is not None else None
+        error = spec.problem(f"{prefix}.{key}" if prefix else str(key), value, trust_defaults) if spec is not None else None
         if error is not None:
             raise error
 

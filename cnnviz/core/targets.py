@@ -9,20 +9,22 @@ import torch
 
 from .errors import ConfigError
 
-Target = Union[None, int, Sequence[int], Callable[[torch.Tensor], torch.Tensor]]
+Target = Union[None, int, Sequence[Optional[int]], Callable[[torch.Tensor], torch.Tensor]]
 
 
 def class_indices(target: Target, logits: torch.Tensor) -> Optional[torch.Tensor]:
-    """Per-image class indices ``(B,)``; ``None`` for a callable target; top-1 for ``None``."""
+    """Per-image class indices ``(B,)``; ``None`` for a callable target; top-1 for ``None``, and
+    for a ``None`` entry of a list (the images of a batch without a class of their own)."""
     if callable(target):
         return None
     batch, classes = logits.shape[0], logits.shape[-1]
     if target is None:
         return logits.argmax(dim=-1)
     scalar = isinstance(target, numbers.Integral) or (not isinstance(target, (list, tuple)) and np.ndim(target) == 0)
-    idx = [int(target)] * batch if scalar else [int(t) for t in target]
-    if len(idx) != batch:
-        raise ConfigError(f"target has {len(idx)} entries for a batch of {batch} images")
+    if not scalar and len(target) != batch:
+        raise ConfigError(f"target has {len(target)} entries for a batch of {batch} images")
+    top = logits.argmax(dim=-1)
+    idx = [int(target)] * batch if scalar else [int(top[i]) if t is None else int(t) for i, t in enumerate(target)]
     for t in idx:
         if not 0 <= t < classes:
             raise ConfigError(

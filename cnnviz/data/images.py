@@ -225,11 +225,12 @@ def fetch_preset(name: str, url: str, sha256: str, key: str = "image") -> Path:
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One image of a run: a name for its files, how to read it, and its default target class."""
+    """One image of a run: a name for its files, how to read it, and its default target class
+    (its label: an index, or a class name until ``lists.resolve_labels`` maps it)."""
 
     name: str
     read: Callable[[], tuple[Image.Image, str]]
-    default_target: Optional[int] = None
+    default_target: Optional[int | str] = None
     origin: str = ""
     #: read while planning, so an unreadable file named in the config stops the run before work
     eager: bool = False
@@ -273,16 +274,14 @@ def sources_from_config(key: str, cfg) -> list[ImageSource]:
         if not folder.is_dir():
             what = "is not a folder" if folder.exists() else "does not exist"
             raise ConfigError(f"{where}.path: folder '{folder}' {what}")
-        # hidden names are the file system's and other tools' bookkeeping, not pictures: macOS writes
-        # ._photo.jpg (AppleDouble) beside every file it copies to a foreign disk, with the same suffix
-        files = sorted(p for p in folder.iterdir()
-                       if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise ConfigError(f"{where}.path: folder '{folder}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return [
-            ImageSource(safe_name(p.stem), (lambda p=p: read_image(p, where)), cfg.target, str(p)) for p in files
-        ]
-    raise ConfigError(f"{where}.source must be skimage, preset, file or folder, got '{kind}'")
+        from .lists import folder_sources
+
+        return folder_sources(where, folder, cfg)
+    if kind == "list":
+        from .lists import list_sources
+
+        return list_sources(where, cfg)
+    raise ConfigError(f"{where}.source must be skimage, preset, file, folder or list, got '{kind}'")
 
 
 def unique_names(sources: Sequence[ImageSource]) -> list[ImageSource]:

@@ -130,19 +130,26 @@ class _Resume(nn.Module):
 
 
 class IncrementalOcclusion:
-    """Logits of occluded copies of one image ``x1`` (1, C, H, W), ``window`` px square windows at
-    given top-left corners, computed incrementally. Build with ``IncrementalOcclusion.build`` (None
-    where the model has no local entry chain or the rectangles would not be smaller than the maps)."""
+    """Logits of occluded copies of the images of a batch ``x`` (B, C, H, W), ``window`` px square
+    windows at given top-left corners, computed incrementally; the copies of several images may share
+    one call. Build with ``IncrementalOcclusion.build`` (None where the model has no local entry
+    chain or the rectangles would not be smaller than the maps).
 
-    def __init__(self, model, name, seq, x1, window, cut, clean, sizes):
-        self.model, self.name, self.seq, self.x1, self.window = model, name, seq, x1, window
-        self.cut, self.clean, self.sizes = cut, clean, sizes
+    An image's clean activations through the chain are computed when its first window is asked for
+    and held until ``release``: memory follows the images in flight, not the length of the batch."""
+
+    def __init__(self, model, name, seq, x, window, cut, sizes):
+        self.model, self.name, self.seq, self.x, self.window = model, name, seq, x, window
+        self.cut, self.sizes = cut, sizes
         self.geoms = [geometry(m) for m in list(seq)[:cut]]
-        self.padded = [None if g is None else _pad(a, g) for g, a in zip(self.geoms, clean)]
+        #: image index -> (clean activations before / after each chain layer, the padded ones)
+        self.states: dict[int, tuple[list[torch.Tensor], list[Optional[torch.Tensor]]]] = {}
 
     @classmethod
-    def build(cls, model: nn.Module, x1: torch.Tensor, window: int, corners: Sequence[tuple[int, int]],
+    def build(cls, model: nn.Module, x: torch.Tensor, window: int, corners: Sequence[tuple[int, int]],
               max_fraction: float = 0.5) -> Optional["IncrementalOcclusion"]:
+        # the chain and where it stops depend on the geometry alone: found on the first image
+        x1 = x[:1]
         found = entry_sequential(model, x1)
         if found is None:
             return None
@@ -166,26 +173,50 @@ class IncrementalOcclusion:
             sizes.append(size)
         if not any(geometry(m) is not None for m in list(seq)[:cut]):
             return None
-        return cls(model, name, seq, x1, window, cut, clean, sizes)
+        fast = cls(model, name, seq, x, window, cut, sizes)
+        fast.states[0] = fast._padded(clean)
+        return fast
 
-    def logits(self, corners: Sequence[tuple[int, int]], baseline: float) -> torch.Tensor:
-        n, channels = len(corners), self.x1.shape[1]
-        patch = torch.full((n, channels, self.window, self.window), float(baseline), dtype=self.x1.dtype, device=self.x1.device)
+    def _padded(self, clean: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[Optional[torch.Tensor]]]:
+        return clean, [None if g is None else _pad(a, g) for g, a in zip(self.geoms, clean)]
+
+    def activations(self, image: int) -> list[torch.Tensor]:
+        """The clean activations of image ``image`` before the chain and after each of its layers."""
+        if image not in self.states:
+            h = self.x[image:image + 1]
+            clean = [h]
+            for m, g in zip(list(self.seq)[:self.cut], self.geoms):
+                h = m(h.clone()) if g is None else m(h)  # element-wise layers may work in place
+                clean.append(h)
+            self.states[image] = self._padded(clean)
+        return self.states[image][0]
+
+    def release(self, image: int) -> None:
+        """Forget image ``image``'s clean activations (its windows are done)."""
+        self.states.pop(image, None)
+
+    def logits(self, corners: Sequence[tuple[int, int]], baseline: float,
+               images: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Logits of the copies of image ``images[n]`` (all image 0 by default) occluded at ``corners[n]``."""
+        n, channels = len(corners), self.x.shape[1]
+        images = [0] * n if images is None else [int(b) for b in images]
+        clean = {b: self.activations(b) for b in dict.fromkeys(images)}
+        patch = torch.full((n, channels, self.window, self.window), float(baseline), dtype=self.x.dtype, device=self.x.device)
         where = [(i, i + self.window - 1, j, j + self.window - 1) for i, j in corners]  # dirty rows / cols, inclusive
         pos = list(corners)  # top-left corner of each patch in the current map
         for layer, (m, g) in enumerate(zip(list(self.seq)[:self.cut], self.geoms)):
             if g is None:
                 patch = m(patch)
                 continue
-            out_h, out_w = self.clean[layer + 1].shape[2:]
+            out_h, out_w = clean[images[0]][layer + 1].shape[2:]
             size_h, size_w = self.sizes[layer]
             where = [(*_dirty((r0, r1), g, 0, out_h), *_dirty((c0, c1), g, 1, out_w)) for r0, r1, c0, c1 in where]
             new_pos = [(min(r0, out_h - size_h), min(c0, out_w - size_w)) for r0, _, c0, _ in where]
             reg_h = (size_h - 1) * g.stride[0] + g.span(0)
             reg_w = (size_w - 1) * g.stride[1] + g.span(1)
-            source = self.padded[layer]
             regions = []
-            for (y, x), (py, px), p in zip(new_pos, pos, patch):
+            for b, (y, x), (py, px), p in zip(images, new_pos, pos, patch):
+                source = self.states[b][1][layer]
                 ry, rx = y * g.stride[0], x * g.stride[1]  # region origin in padded coordinates
                 region = source[0, :, ry:ry + reg_h, rx:rx + reg_w].clone()
                 # the patch, in padded coordinates, clipped to the region
@@ -197,11 +228,13 @@ class IncrementalOcclusion:
                 regions.append(region)
             patch = _apply(m, g, torch.stack(regions))
             pos = new_pos
-        start = self.clean[self.cut].expand(n, -1, -1, -1).clone()
-        for b, (y, x) in enumerate(pos):
-            start[b, :, y:y + patch.shape[2], x:x + patch.shape[3]] = patch[b]
+        start = torch.cat([clean[b][self.cut] for b in images])
+        for row, (y, x) in enumerate(pos):
+            start[row, :, y:y + patch.shape[2], x:x + patch.shape[3]] = patch[row]
+        # each row's clean image goes in: a model that reads its input again past the chain then
+        # disagrees with full forwards (and is caught by the caller's check) instead of failing
         with _swapped(self.model, self.name, _Resume(list(self.seq)[self.cut:], start)):
-            return self.model(self.x1)
+            return self.model(self.x[images])
 
 
 def _dirty(interval: tuple[int, int], g: Window, axis: int, out_size: int) -> tuple[int, int]:

@@ -54,6 +54,12 @@ class Method:
     #: True when calls may run at once on one model from several threads (``cnnviz.speed.streams``):
     #: the technique puts no hook on the model and changes none of its state.
     concurrent_safe: ClassVar[bool] = False
+    #: True when one call on a batch of images gives each image what a call on it alone gives, its
+    #: warnings, metrics and extras included (those of one image go in ``Attribution.per_row``):
+    #: the runner then computes a batch in one call and splits it with ``Attribution.row``. False:
+    #: the runner calls the technique image by image (its results summarise a batch, or it is
+    #: computed image by image anyway).
+    batch_rows: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -152,20 +158,30 @@ class PerturbationMethod(Method):
     gradient, no backward rule), in the spirit of captum's perturbation attributions.
 
     ``attribute`` runs the model (through the fast copy where it is safe) once on ``x`` under
-    ``torch.inference_mode``, refuses non-finite logits, and asks ``image_map`` for each image's
-    ``(C, H, W)`` map; a technique implements ``image_map``.
+    ``torch.inference_mode``, refuses non-finite logits, and asks ``maps`` for the ``(B, C, H, W)``
+    maps. A technique implements ``maps``, putting the perturbed copies of several images into one
+    model batch (so a batch of images costs no more forwards than its perturbations fill), or
+    ``image_map`` for one image at a time, which the default ``maps`` calls image by image.
     """
 
     map_space: ClassVar[str] = "input"
     many_passes: ClassVar[bool] = True
     renders: ClassVar[tuple[str, ...]] = ("color", "gray", "pos_sal", "neg_sal")
 
+    def maps(self, net: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+             target: Target, which: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """The ``(B, C, H, W)`` maps of ``x``; ``forward`` runs ``net`` (the model or its fast copy)
+        on a batch, ``which`` is one class index per image (empty for a callable target) and
+        ``logits`` the unperturbed logits of the batch. Image row ``b`` must equal what a call on
+        image ``b`` alone gives."""
+        return torch.stack([self.image_map(net, forward, x, b, target, which[b:b + 1], logits)
+                            for b in range(x.shape[0])])
+
     def image_map(self, net: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, b: int,
                   target: Target, which: list[int], logits: torch.Tensor) -> torch.Tensor:
-        """The ``(C, H, W)`` map of image ``b`` of ``x``; ``forward`` runs ``net`` (the model or its
-        fast copy) on a batch, ``which`` is ``[class index]`` (empty for a callable target) and
-        ``logits`` the unperturbed logits of the whole batch."""
-        raise NotImplementedError
+        """The ``(C, H, W)`` map of image ``b`` of ``x``; ``which`` is ``[class index]`` (empty for
+        a callable target). Only read by the default ``maps``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement maps or image_map")
 
     def attribute(self, model, x, target, layer):
         net, forward = forward_fn(model, x)
@@ -173,13 +189,13 @@ class PerturbationMethod(Method):
             logits = forward(x)
             check_logits(logits, self.name)  # before any score drop, which NaN would make meaningless
             idx = class_indices(target, logits)
-            maps = [self.image_map(net, forward, x, b, target, [] if idx is None else [int(idx[b])], logits)
-                    for b in range(x.shape[0])]
+            which = [] if idx is None else [int(i) for i in idx]
+            maps = self.maps(net, forward, x, target, which, logits)
         return Attribution(
             method=self.name,
-            values=to_numpy(torch.stack(maps)),
+            values=to_numpy(maps),
             logits=to_numpy(logits),
-            target=() if idx is None else tuple(int(i) for i in idx),
+            target=tuple(which),
             params=self.params(),
         )
 
@@ -259,7 +275,9 @@ class CAMMethod(Method):
         if self.relu:
             cam = cam.clamp(min=0)
         # a NaN/Inf map is refused where the Attribution is built, never drawn as zeros
-        warnings = () if torch.any(cam != 0) else (f"{self.name} map at {layer} is all zero",)
+        zero = (f"{self.name} map at {layer} is all zero",)
+        warnings = () if torch.any(cam != 0) else zero
+        each = [bool(torch.any(row != 0)) for row in cam] if cam.shape[0] > 1 else []
         return Attribution(
             method=self.name,
             values=to_numpy(cam),
@@ -269,6 +287,7 @@ class CAMMethod(Method):
             upsampled=to_numpy(upsample(cam, size)),
             params=self.params(),
             warnings=warnings,
+            per_row=tuple({"warnings": () if nonzero else zero} for nonzero in each),
         )
 
     def attribute(self, model, x, target, layer):

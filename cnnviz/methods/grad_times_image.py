@@ -79,5 +79,5 @@ class GradTimesImage(GradientMethod):
             values = to_numpy(x * std + mean) * (attr.values / to_numpy(std))
         return Attribution(
             method=self.name, values=values.astype(numpy_dtype(x)), logits=attr.logits, target=attr.target,
-            params=self.params(), metrics=attr.metrics,
+            params=self.params(), metrics=attr.metrics, per_row=attr.per_row,
         )

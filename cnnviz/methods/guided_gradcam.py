@@ -42,6 +42,7 @@ class GuidedGradCAM(Method):
                 layer=cam.layer,
                 params=self.params(),
                 warnings=cam.warnings,
+                per_row=cam.per_row,
             )
             for cam in cams
         ]

@@ -139,8 +139,9 @@ class IntegratedGradients(GradientMethod):
             gaps.append(abs(total - delta) / max(abs(delta), 1e-12))
             deltas.append(delta)
             values.append(ig)
-        metrics = {"completeness_gap": gaps[0], "score_delta": deltas[0]} if len(gaps) == 1 else {
-            "completeness_gap": float(max(gaps))}
+        # each image's own gap and score change; a batch's rows carry theirs (Attribution.row)
+        rows = [{"metrics": {"completeness_gap": g, "score_delta": d}} for g, d in zip(gaps, deltas)]
+        metrics = rows[0]["metrics"] if len(rows) == 1 else {"completeness_gap": float(max(gaps))}
         return Attribution(
             method=self.name,
             values=to_numpy(torch.cat(values)),
@@ -148,4 +149,5 @@ class IntegratedGradients(GradientMethod):
             target=() if idx is None else tuple(int(i) for i in idx),
             params=self.params(),
             metrics=metrics,
+            per_row=tuple(rows) if len(rows) > 1 else (),
         )

@@ -38,10 +38,12 @@ class LayerCAM(CAMMethod):
             return maps
         size = tuple(x.shape[-2:])
         fused = fuse_layer_maps([torch.from_numpy(a.values) for a in maps], size, self.gamma).numpy()
-        warnings = () if fused.any() else (f"{self.name} fused map is all zero",)
+        zero = (f"{self.name} fused map is all zero",)
+        warnings = () if fused.any() else zero
         return maps + [
             Attribution(
                 method=self.name, values=fused, logits=maps[0].logits, target=maps[0].target, layer=FUSED,
                 upsampled=fused, params=self.params(), warnings=warnings,
+                per_row=tuple({"warnings": () if row.any() else zero} for row in fused) if len(fused) > 1 else (),
             )
         ]

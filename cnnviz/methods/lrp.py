@@ -117,10 +117,14 @@ class LRP(Method):
         idx = list(p.target) if p.target else None
         total = relevance.double().sum(dim=(1, 2, 3))
         score = p.logits[torch.arange(len(idx)), idx].double() if idx else None
-        metrics = {"relevance_sum": float(total[0])}
-        if score is not None:
-            metrics["conservation_gap"] = float((total[0] - score[0]).abs() / score[0].abs().clamp(min=1e-12))
+        rows = []
+        for b in range(len(total)):  # each image's own sums; a batch's rows carry theirs (Attribution.row)
+            own = {"relevance_sum": float(total[b])}
+            if score is not None:
+                own["conservation_gap"] = float((total[b] - score[b]).abs() / score[b].abs().clamp(min=1e-12))
+            rows.append({"metrics": own})
         return Attribution(
             method=self.name, values=to_numpy(relevance), logits=to_numpy(p.logits), target=p.target,
-            params=self.params(), metrics=metrics,
+            params=self.params(), metrics=rows[0]["metrics"],
+            per_row=tuple(rows) if len(rows) > 1 else (),
         )

@@ -4,9 +4,12 @@ A ``window`` × ``window`` patch (all channels) set to ``baseline`` (in the mode
 space; 0 is the mean colour) slides with ``stride``; each pixel's attribution is the mean, over the
 windows that cover it, of the drop in the target score y_c(x) − y_c(x occluded). Pixels that no
 window covers get 0. Occluded images are evaluated ``perturbations_per_eval`` at a time under
-``torch.inference_mode``. With ``incremental`` (default) the leading convolution / pooling layers
+``torch.inference_mode``, those of the images of a batch side by side (windows × images, image after
+image): memory is bounded by ``perturbations_per_eval``, and each image's map is the one a call on it
+alone gives. With ``incremental`` (default) the leading convolution / pooling layers
 run only on the rectangle each window changes (``cnnviz.methods._occlusion_incremental``; same scores up to float
-rounding, checked against full forwards on the first batch of every image, else full forwards).
+rounding, checked against full forwards on the first batch of every image, else full forwards; an image's
+clean activations are held only while its windows are being computed).
 
 Example::
 
@@ -56,33 +59,49 @@ class Occlusion(PerturbationMethod):
             raise ConfigError(f"method.occlusion.window={self.window} is larger than the input ({H}x{W})")
         return super().attribute(model, x, target, layer)
 
-    def image_map(self, net, forward, x, b, target, which, logits):
-        H, W = x.shape[-2:]
+    def maps(self, net, forward, x, target, which, logits):
+        count, channels, H, W = x.shape
         boxes = [(i, j) for i in window_starts(H, self.window, self.stride) for j in window_starts(W, self.window, self.stride)]
-        base = target_scores(target, logits[b:b + 1], which)[0]
-        total = torch.zeros(H, W, dtype=torch.float64, device=x.device)
-        count = torch.zeros(H, W, dtype=torch.float64, device=x.device)
+        per_image = len(boxes)
+        base = target_scores(target, logits, which)
+        total = torch.zeros(count, H, W, dtype=torch.float64, device=x.device)
+        covered = torch.zeros(H, W, dtype=torch.float64, device=x.device)  # the same windows on every image
+        for i, j in boxes:
+            covered[i:i + self.window, j:j + self.window] += 1
         # the model itself runs on contiguous tensors, its fast copy on channels-last ones
-        x1 = x[b:b + 1] if net is forward else x[b:b + 1].contiguous(memory_format=torch.channels_last)
+        xs = x if net is forward else x.contiguous(memory_format=torch.channels_last)
         # hooks on the model (someone's instrumentation) must see every layer run: full forwards
         use = self.incremental and not instrumented(net)
-        fast = IncrementalOcclusion.build(net, x1, self.window, boxes) if use else None
-        for start in range(0, len(boxes), self.perturbations_per_eval):
-            chunk = boxes[start:start + self.perturbations_per_eval]
-            if fast is not None and start > 0:
-                logits_chunk = fast.logits(chunk, self.baseline)
+        fast = IncrementalOcclusion.build(net, xs, self.window, boxes) if use else None
+        checked: set[int] = set()
+        # one row per (image, window), image-major: the occluded copies of several images share a
+        # forward, perturbations_per_eval rows at most, whatever the number of images
+        for start in range(0, count * per_image, self.perturbations_per_eval):
+            rows = range(start, min(start + self.perturbations_per_eval, count * per_image))
+            images = [r // per_image for r in rows]
+            corners = [boxes[r % per_image] for r in rows]
+            new = set(images) - checked
+            if fast is not None and not new:
+                logits_chunk = fast.logits(corners, self.baseline, images)
             else:
-                batch = x[b:b + 1].repeat(len(chunk), 1, 1, 1)
-                for n, (i, j) in enumerate(chunk):
+                batch = x[images]
+                for n, (i, j) in enumerate(corners):
                     batch[n, :, i:i + self.window, j:j + self.window] = self.baseline
                 logits_chunk = forward(batch)
-                if fast is not None and not _agrees(fast.logits(chunk, self.baseline), logits_chunk):
-                    log.warning("occlusion: incremental inference disagrees with full forwards on %s; "
-                                "running full forwards", type(net).__name__)
-                    fast = None
-            drops = (base - target_scores(target, logits_chunk, which)).double()
-            for n, (i, j) in enumerate(chunk):
-                total[i:i + self.window, j:j + self.window] += drops[n]
-                count[i:i + self.window, j:j + self.window] += 1
-        values = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
-        return values.to(result_dtype(x)).expand(x.shape[1], H, W)
+                # the incremental scores are checked against full forwards on the first batch of
+                # every image, as a call on that image alone checks them
+                if fast is not None:
+                    if _agrees(fast.logits(corners, self.baseline, images), logits_chunk):
+                        checked |= new
+                    else:
+                        log.warning("occlusion: incremental inference disagrees with full forwards on %s; "
+                                    "running full forwards", type(net).__name__)
+                        fast = None
+            drops = (base[images] - target_scores(target, logits_chunk, [which[b] for b in images] if which else [])).double()
+            for n, (b, (i, j)) in enumerate(zip(images, corners)):
+                total[b, i:i + self.window, j:j + self.window] += drops[n]
+            if fast is not None:
+                for b in range(images[0], rows.stop // per_image):  # the images whose windows are all done
+                    fast.release(b)
+        values = torch.where(covered > 0, total / covered.clamp(min=1), torch.zeros_like(total))
+        return values.to(result_dtype(x))[:, None].expand(count, channels, H, W).contiguous()

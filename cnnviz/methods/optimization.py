@@ -191,6 +191,8 @@ class OptimizationMethod(Method):
 
     many_passes = True
     map_space: ClassVar[str] = "input"  # the synthesised image, shaped like the input
+    #: each image is optimised on its own, with its own loss curve and snapshots (extras)
+    batch_rows: ClassVar[bool] = False
     renders: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ("png:final", "strip:snapshots", "gif:snapshots", "csv:loss", "plot:loss")
 

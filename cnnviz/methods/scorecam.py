@@ -4,8 +4,10 @@
     s_k = softmax(f(x ⊙ M_k))_c              (a callable target is applied to the logits instead)
     map = ReLU(Σ_k s_k A_k)
 
-Masked inputs are evaluated ``batch_size`` channels at a time under ``torch.inference_mode``:
-memory is bounded by the batch, never all C masked images at once.
+Masked inputs are evaluated ``batch_size`` at a time under ``torch.inference_mode``, the masked
+copies of the images of a batch side by side (masks × images, image after image): memory is bounded
+by ``batch_size``, never all C masked images at once, and each image's map is the one a call on it
+alone gives.
 
 Example::
 
@@ -37,21 +39,21 @@ class ScoreCAM(CAMMethod):
             raise ConfigError("method.scorecam.batch_size must be >= 1")
         acts = p.activations[layer]
         size = tuple(x.shape[-2:])
-        maps = []
+        flat = acts.flatten(2)
+        # one row per (image, varying channel), image-major: the masked copies of several images
+        # share a forward, batch_size rows at most, whatever the number of images
+        rows = torch.nonzero(flat.amax(dim=2) > flat.amin(dim=2))
+        scores = torch.zeros(acts.shape[:2], dtype=acts.dtype, device=acts.device)
         net, forward = forward_fn(model, x, [layer])
         with model_state_kept(net):
-            for b in range(acts.shape[0]):
-                a = acts[b]
-                lo, hi = a.flatten(1).amin(dim=1), a.flatten(1).amax(dim=1)
-                scores = torch.zeros(a.shape[0], dtype=a.dtype, device=a.device)
-                varying = torch.nonzero(hi > lo)[:, 0]
-                for chunk in varying.split(self.batch_size):
-                    up = upsample(a[chunk], size)
-                    up_lo = up.flatten(1).amin(dim=1).view(-1, 1, 1)
-                    up_hi = up.flatten(1).amax(dim=1).view(-1, 1, 1)
-                    masks = (up - up_lo) / (up_hi - up_lo).clamp(min=torch.finfo(up.dtype).tiny)
-                    logits = forward(x[b : b + 1] * masks[:, None])
-                    probs = logits if callable(target) else logits.softmax(dim=-1)
-                    scores[chunk] = target_scores(target, probs, p.target[b : b + 1]).to(scores.dtype)
-                maps.append(torch.einsum("c,chw->hw", scores, a))
-        return torch.stack(maps)
+            for chunk in rows.split(self.batch_size):
+                image, channel = chunk[:, 0], chunk[:, 1]
+                up = upsample(acts[image, channel], size)
+                up_lo = up.flatten(1).amin(dim=1).view(-1, 1, 1)
+                up_hi = up.flatten(1).amax(dim=1).view(-1, 1, 1)
+                masks = (up - up_lo) / (up_hi - up_lo).clamp(min=torch.finfo(up.dtype).tiny)
+                logits = forward(x[image] * masks[:, None])
+                probs = logits if callable(target) else logits.softmax(dim=-1)
+                which = [p.target[b] for b in image.tolist()] if p.target else []
+                scores[image, channel] = target_scores(target, probs, which).to(scores.dtype)
+        return torch.einsum("bc,bchw->bhw", scores, acts)

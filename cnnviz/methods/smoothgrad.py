@@ -119,6 +119,9 @@ class SmoothGrad(Method):
             target=() if idx is None else tuple(int(i) for i in idx),
             params=self.params(),
             warnings=self.constant_image_warning(flat, x.shape[0]),
+            # row i of a batch carries the warning of image i alone
+            per_row=tuple({"warnings": self.constant_image_warning([b] if b in flat else [], 1)}
+                          for b in range(x.shape[0])) if x.shape[0] > 1 else (),
         )
 
     def constant_image_warning(self, flat: list[int], batch: int) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 
@@ -79,6 +79,9 @@ def blurred(maps: np.ndarray, sigma: float) -> np.ndarray:
 @dataclass
 class Sourced(Method):
     """A segmentation built on the map of another technique, ``source`` with ``source_params``."""
+
+    #: one image's segmentation, its pictures and area (extras, metrics) per call
+    batch_rows: ClassVar[bool] = False
 
     is_segmentation = True
     source: str = "vanilla_backprop"

@@ -7,7 +7,9 @@ its file name and imported when ``get_metric(name)`` first asks for it.
 A metric is a dataclass whose fields are its options (``conf/metrics/<name>.yaml`` holds the same
 keys); it is called on a ``Sample`` (the map, the input, a callable model) and returns a
 ``MetricResult`` whose ``values`` become manifest columns and whose ``extras`` become files through
-its ``writes`` specs. The pure functions behind each metric (``perturbation_curve``,
+its ``writes`` specs. ``Metric.batch`` measures several maps at once (by default one call each;
+deletion and insertion share their model batches between maps), and ``evaluate_rows`` applies the
+metrics to the rows of a batch. The pure functions behind each metric (``perturbation_curve(s)``,
 ``model_randomization``, ``completeness``, ``pointing_game``) take arrays, tensors and callables,
 never a config.
 
@@ -30,7 +32,7 @@ for _info in pkgutil.iter_modules(__path__):
     if _info.name not in _SHARED:
         METRICS.declare(_info.name, f"{__name__}.{_info.name}")
 
-from .evaluate import evaluate, writes_of  # noqa: E402
+from .evaluate import evaluate, evaluate_rows, writes_of  # noqa: E402
 
-__all__ = ["Metric", "MetricResult", "Sample", "evaluate", "get_metric", "list_metrics", "metric_columns",
+__all__ = ["Metric", "MetricResult", "Sample", "evaluate", "evaluate_rows", "get_metric", "list_metrics", "metric_columns",
            "register_metric", "saliency", "writes_of"]

@@ -44,6 +44,9 @@ class MetricResult:
     #: raw results for the ``writes`` specs (tables ``{column: 1-D array}``)
     extras: dict[str, Any] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    #: what the metric raised on this sample (``Metric.batch``); the caller records it as the row's
+    #: warning, so one map that cannot be measured does not cost the others their numbers
+    error: Optional[Exception] = None
 
 
 def saliency(sample: Sample, reduce: str = "abs") -> np.ndarray:
@@ -84,6 +87,19 @@ class Metric:
 
     def __call__(self, sample: Sample) -> MetricResult:
         raise NotImplementedError
+
+    def batch(self, samples: list[Sample]) -> list[MetricResult]:
+        """One result per sample, in order, each equal to ``self(sample)``. A sample on which the
+        metric raises gets a result carrying the exception (``error``) and the others are still
+        measured. Metrics whose model calls can be shared between maps (deletion, insertion)
+        override this to run the samples together."""
+        out = []
+        for sample in samples:
+            try:
+                out.append(self(sample))
+            except Exception as e:  # this sample's failure only; the caller turns it into its row's warning
+                out.append(MetricResult(error=e))
+        return out
 
 
 M = TypeVar("M", bound=type)

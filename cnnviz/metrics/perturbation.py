@@ -11,6 +11,10 @@ Substrates, in the model's normalised input space: ``black`` (pixel value 0), ``
 mean colour), ``blur`` (Gaussian blur of x, σ = ``blur_sigma`` input pixels; RISE's insertion
 substrate).
 
+``perturbation_curves`` computes the curves of several images at once, their perturbed copies
+sharing the model's forward passes (``batch_size`` perturbed images each); the deletion and
+insertion metrics use it for ``Metric.batch``.
+
 Example::
 
     fraction, prob = perturbation_curve(model, x, cam, target=243, mode="deletion", steps=50,
@@ -20,7 +24,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Optional
+from typing import Callable, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -55,31 +59,74 @@ def ranking(saliency_map: np.ndarray, seed: int = 0) -> np.ndarray:
     return np.lexsort((tie, -s))
 
 
+def _check_map(saliency_map: np.ndarray, x: torch.Tensor) -> None:
+    if saliency_map.shape != tuple(x.shape[-2:]):
+        raise ValueError(f"map of shape {saliency_map.shape} does not match the input's {tuple(x.shape[-2:])}")
+
+
 def perturbation_curve(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, saliency_map: np.ndarray,
                        target: int, mode: str, steps: int = 50, substrate: Optional[torch.Tensor] = None,
                        batch_size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(fraction of pixels changed, target probability)``, ``steps + 1`` points each, for
     ``mode`` = ``deletion`` or ``insertion``; ``batch_size`` perturbed images per forward pass."""
+    fraction, probs = perturbation_curves(forward, [x], [saliency_map], [target], mode, steps,
+                                          None if substrate is None else [substrate], batch_size, seed)
+    return fraction, probs[0]
+
+
+def perturbation_curves(forward: Callable[[torch.Tensor], torch.Tensor], xs: Sequence[torch.Tensor],
+                        saliency_maps: Sequence[np.ndarray], targets: Sequence[int], mode: str, steps: int = 50,
+                        substrates: Optional[Sequence[torch.Tensor]] = None, batch_size: int = 16,
+                        seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``perturbation_curve`` of several images ``(1, C, H, W)`` of one size at once:
+    ``(fraction, [probability curve of each image])``. The perturbed copies of all images go
+    through ``forward`` together, image after image, ``batch_size`` per forward pass, so a pass
+    may end one image's curve and start the next one's: ``ceil(n (steps + 1) / batch_size)`` passes
+    instead of ``n · ceil((steps + 1) / batch_size)``. Each image's curve is the one it has alone."""
     if mode not in ("deletion", "insertion"):
         raise ValueError(f"mode must be deletion or insertion, got {mode!r}")
-    h, w = x.shape[-2:]
-    if saliency_map.shape != (h, w):
-        raise ValueError(f"map of shape {saliency_map.shape} does not match the input's {(h, w)}")
-    substrate = make_substrate(x, "black") if substrate is None else substrate
+    if not (len(xs) == len(saliency_maps) == len(targets)) or (substrates is not None and len(substrates) != len(xs)):
+        raise ValueError(f"{len(xs)} inputs, {len(saliency_maps)} maps, {len(targets)} targets"
+                         f"{'' if substrates is None else f', {len(substrates)} substrates'}: one of each per image")
+    if not xs:
+        return np.linspace(0, 1, steps + 1), []
+    shape = tuple(xs[0].shape)
+    for x, m in zip(xs, saliency_maps):
+        if tuple(x.shape) != shape or x.shape[0] != 1:
+            raise ValueError(f"inputs of shapes {tuple(x.shape)} and {shape}: one image each, all of one size")
+        _check_map(m, x)
+    h, w = shape[-2:]
     n = h * w
-    rank = np.empty(n, dtype=np.int64)
-    rank[ranking(saliency_map, seed)] = np.arange(n)
+    device = xs[0].device
+    subs = [make_substrate(x, "black") for x in xs] if substrates is None else list(substrates)
+    ranks = []
+    for m in saliency_maps:
+        rank = np.empty(n, dtype=np.int64)
+        rank[ranking(m, seed)] = np.arange(n)
+        ranks.append(torch.from_numpy(rank).to(device).view(1, 1, h, w))
     bounds = np.round(np.linspace(0, n, steps + 1)).astype(np.int64)
-    rank_t = torch.from_numpy(rank).to(x.device).view(1, 1, h, w)
-    probs = []
-    for start in range(0, steps + 1, batch_size):
-        k = torch.from_numpy(bounds[start:start + batch_size]).to(x.device).view(-1, 1, 1, 1)
-        changed = rank_t < k  # (b, 1, H, W)
-        batch = torch.where(changed, substrate, x) if mode == "deletion" else torch.where(changed, x, substrate)
+    bounds_t = torch.from_numpy(bounds).to(device).view(-1, 1, 1, 1)
+    per = steps + 1
+    probs = np.empty((len(xs), per))
+    flat = probs.reshape(-1)  # image-major: image j's step s is entry j · per + s
+    for start in range(0, len(xs) * per, batch_size):
+        stop = min(start + batch_size, len(xs) * per)
+        parts, rows = [], []
+        for j in range(start // per, (stop - 1) // per + 1):
+            a, b = max(start - j * per, 0), min(stop - j * per, per)
+            changed = ranks[j] < bounds_t[a:b]  # (b - a, 1, H, W)
+            parts.append(torch.where(changed, subs[j], xs[j]) if mode == "deletion" else torch.where(changed, xs[j], subs[j]))
+            rows += [j] * (b - a)
         with torch.no_grad():
-            logits = forward(batch)
-        probs.append(torch.softmax(logits.double(), dim=-1)[:, target].cpu().numpy())
-    return bounds / n, np.concatenate(probs)
+            logits = forward(parts[0] if len(parts) == 1 else torch.cat(parts))
+        classes = logits.shape[-1]
+        for j in set(rows):
+            if not 0 <= int(targets[j]) < classes:
+                raise IndexError(f"target class {targets[j]} is out of range for a model with {classes} classes")
+        index = torch.tensor([int(targets[j]) for j in rows], device=logits.device)
+        p = torch.softmax(logits.double(), dim=-1)
+        flat[start:stop] = p[torch.arange(len(rows), device=logits.device), index].cpu().numpy()
+    return bounds / n, list(probs)
 
 
 def auc(fraction: np.ndarray, values: np.ndarray) -> float:
@@ -111,12 +158,58 @@ class PerturbationMetric(Metric):
         if self.steps < 1 or self.batch_size < 1 or self.blur_sigma <= 0:
             raise ConfigError(f"metrics.{self.name}: steps and batch_size must be >= 1 and blur_sigma > 0")
 
-    def __call__(self, sample: Sample) -> MetricResult:
-        if sample.target is None:
-            return MetricResult(warnings=(f"{self.name}: needs a class target, skipped",))
+    def _inputs(self, sample: Sample) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """``(x, map, substrate)`` of one sample, the map checked against the input's size."""
         x = sample.x[:1].detach()
-        sub = make_substrate(x, self.substrate, self.blur_sigma, self.input_mean, self.input_std)
-        fraction, prob = perturbation_curve(sample.forward, x, saliency(sample, self.reduce), sample.target,
-                                            self.mode, self.steps, sub, self.batch_size, self.seed)
+        saliency_map = saliency(sample, self.reduce)
+        _check_map(saliency_map, x)
+        return x, saliency_map, make_substrate(x, self.substrate, self.blur_sigma, self.input_mean, self.input_std)
+
+    def _result(self, fraction: np.ndarray, prob: np.ndarray) -> MetricResult:
         return MetricResult({f"{self.name}_auc": auc(fraction, prob)},
                             {f"{self.name}_curve": {"fraction": fraction, "probability": prob}})
+
+    def _skipped(self) -> MetricResult:
+        return MetricResult(warnings=(f"{self.name}: needs a class target, skipped",))
+
+    def __call__(self, sample: Sample) -> MetricResult:
+        if sample.target is None:
+            return self._skipped()
+        x, saliency_map, sub = self._inputs(sample)
+        fraction, prob = perturbation_curve(sample.forward, x, saliency_map, sample.target, self.mode, self.steps, sub,
+                                            self.batch_size, self.seed)
+        return self._result(fraction, prob)
+
+    def batch(self, samples: list[Sample]) -> list[MetricResult]:
+        """The samples' curves from shared forward passes (``perturbation_curves``): samples with the
+        same ``forward`` and input size go together, ``batch_size`` perturbed images per pass. A
+        sample that cannot be prepared (no target, a map of the wrong size) is left out of the
+        shared passes; if a shared pass fails, its samples are measured one by one, so the error
+        lands on the sample that caused it and the others keep their numbers."""
+        results: list[Optional[MetricResult]] = [None] * len(samples)
+        groups: dict[tuple, list[tuple[int, tuple]]] = {}
+        for i, sample in enumerate(samples):
+            if sample.target is None:
+                results[i] = self._skipped()
+                continue
+            try:
+                inputs = self._inputs(sample)
+            except Exception as e:  # this sample's own failure
+                results[i] = MetricResult(error=e)
+                continue
+            x = inputs[0]
+            groups.setdefault((sample.forward, tuple(x.shape), x.device, x.dtype), []).append((i, inputs))
+        for (forward, *_), members in groups.items():
+            try:
+                fraction, probs = perturbation_curves(
+                    forward, [m[1][0] for m in members], [m[1][1] for m in members],
+                    [samples[i].target for i, _ in members], self.mode, self.steps, [m[1][2] for m in members],
+                    self.batch_size, self.seed)
+            except Exception:
+                # a shared pass has no single culprit: alone, each sample fails or succeeds on its own
+                for i, res in zip((i for i, _ in members), Metric.batch(self, [samples[i] for i, _ in members])):
+                    results[i] = res
+                continue
+            for (i, _), prob in zip(members, probs):
+                results[i] = self._result(fraction.copy(), prob.copy())  # each row's tables its own, as alone
+        return results  # type: ignore[return-value]  (every index was filled above)

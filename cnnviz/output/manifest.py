@@ -159,8 +159,8 @@ class Manifest:
         for which ``require(row)`` holds (e.g. the configured metrics are in it)."""
         from .files import file_sha256
 
-        want = _key({**key, "layer": layer})
-        rows = [r for r in self.rows if _key(r) == want and r.get("status") == "ok"]
+        found = self._rows.get(_key({**key, "layer": layer}))  # by key: a resumed long list is not quadratic
+        rows = [found] if found is not None and found.get("status") == "ok" else []
         if not rows or (require is not None and not require(rows[-1])):
             return False
         if any(_cell(rows[-1].get(col)) != _cell(value) for col, value in (content or {}).items()):
