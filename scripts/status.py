@@ -2,26 +2,12 @@
 `python scripts/status.py SWEEP_DIR`."""
 import json
 import sys
-from itertools import product
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-
-def planned_jobs(sweep: Path) -> int | None:
-    """Jobs a multirun asked for, from the sweep overrides in multirun.yaml."""
-    path = sweep / "multirun.yaml"
-    if not path.is_file():
-        return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    overrides = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task", [])
-    sizes = []
-    for o in OverridesParser.create().parse_overrides(overrides):
-        if o.is_sweep_override():
-            sizes.append(len(list(o.sweep_iterator())))
-    return len(list(product(*[range(n) for n in sizes]))) if sizes else 1
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cnnviz.app.sweep import planned_jobs  # noqa: E402
 
 
 def main(folder: Path) -> None:

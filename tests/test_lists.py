@@ -220,3 +220,50 @@ def test_memory_stays_bounded_over_a_long_list(tmp_path):
         peaks[n] = int(proc.stdout.split("PEAK")[-1].split()[0]) / 1024  # MiB
         assert len(pd.read_csv(out / "manifest.csv")) == n
     assert peaks[n_big] < peaks[50] + 60, peaks
+
+
+# --- the batching keys: a clear error naming the key, and nothing touched -----------------------
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"batch_size": 0}, "batch_size=0 is out of range"),
+    ({"batch_size": "many"}, "batch_size"),
+    ({"shards": 0}, "shards=0 is out of range"),
+    ({"shards": 2, "shard": 2}, "shard=2: must be below shards=2"),
+    ({"shard": -1}, "shard=-1 is out of range"),
+    ({"precision": "fp8"}, "precision"),
+    ({"precision": "fp16"}, "precision=fp16 needs device=cuda"),
+])
+def test_batching_keys_are_checked_with_the_key_named(overrides, expected):
+    import torch
+
+    from cnnviz.app.plan import check_batching
+
+    cfg = OmegaConf.create({"batch_size": 16, "shards": 1, "shard": 0, "precision": "fp32", **overrides})
+    with pytest.raises(ConfigError) as e:
+        check_batching(cfg, torch.device("cpu"))
+    assert expected in str(e.value), str(e.value)
+
+
+@pytest.mark.slow
+def test_a_bad_batching_key_leaves_an_existing_archive_unchanged(tmp_path):
+    from conftest import sha
+
+    csv = _dataset(tmp_path, 3)
+    out = tmp_path / "run"
+    args = ["image=list", f"image.list.path={csv}", "method=vanilla_backprop", *SMALL]
+    assert run_cli(args, out, tmp_path / "cache").returncode == 0
+    def files():  # run.log records the refused attempts; the lock is the folder's, not the archive's
+        return {p: (p.stat().st_mtime_ns, sha(p)) for p in out.rglob("*")
+                if p.is_file() and p.name not in ("run.log", ".cnnviz.lock")}
+
+    before = files()
+    for bad in ("batch_size=0", "shard=5", "precision=fp16"):
+        proc = run_cli([*args, bad, "resume=true"], out, tmp_path / "cache")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert bad.split("=")[0] in proc.stderr and "Traceback" not in proc.stderr
+    assert files() == before
+    # a different batch size may resume the same archive: it recomputes nothing
+    proc = run_cli([*args, "batch_size=2", "resume=true"], out, tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frame = pd.read_csv(out / "manifest.csv")
+    assert len(frame) == 3 and (frame.status == "ok").all()

@@ -8,6 +8,7 @@ where the behaviour is about vgg19 (its random initialisation alone takes severa
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -352,7 +353,9 @@ def test_many_items_in_process_build_the_model_once(tmp_path, monkeypatch):
 
 # --- 3 and 7. kill a sweep, then resume it ---------------------------------------------------------
 
-KILL_ARGS = ["-m", "method=gradcam,layercam", "image=[rocket,coffee,chelsea]"]
+# batch_size=1: a row per image, so the kill after the first row lands inside a job (a batch of
+# three would write all three rows of the first job at once)
+KILL_ARGS = ["-m", "method=gradcam,layercam", "image=[rocket,coffee,chelsea]", "batch_size=1"]
 KILL_JOBS = {"image=[rocket,coffee,chelsea],method=gradcam", "image=[rocket,coffee,chelsea],method=layercam"}
 
 
@@ -394,7 +397,9 @@ def killed(tmp_path_factory, image_cache):
                 path = manifest.parent / rel
                 done[path] = (path.stat().st_mtime_ns, sha(path))
     rows_at_kill = {m.parent.name: _rows(m) for m in sweep.glob("*/manifest.csv")}
-    resumed = run_cli([*KILL_ARGS, "resume=true"], base / "run", image_cache, multirun_dir=sweep)
+    # resumed with the default batch size: batch_size may differ between runs into one folder and
+    # is not part of a job folder's name
+    resumed = run_cli([*KILL_ARGS[:-1], "resume=true"], base / "run", image_cache, multirun_dir=sweep)
     return SimpleNamespace(sweep=sweep, snapshot=snapshot, returncode=proc.returncode, done=done,
                            rows_at_kill=rows_at_kill, resumed=resumed, killed_log=(base / "killed.log").read_text())
 
@@ -759,3 +764,28 @@ def test_list_layers_prints_vgg19_names_types_and_shapes():
     assert "  features.36  MaxPool2d  (1, 512, 7, 7)" in lines
     assert "  classifier.6  Linear  (1, 1000)" in lines
     assert sum(bool(re.match(r"^\s+features\.\d+\s+Conv2d\s", l)) for l in lines) == 16
+
+
+def test_finish_counts_jobs_that_wrote_no_row(tmp_path, capsys):
+    """A job cancelled or killed before its first row (scancel, a node lost) leaves no manifest: the
+    summary line says how many of the planned jobs are missing and the exit status is not 0."""
+    from cnnviz.app import sweep as sweep_mod
+
+    root = tmp_path / "sweep"
+    job = root / "method=gradcam"
+    job.mkdir(parents=True)
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": [
+        "method=gradcam,layercam,scorecam", "image=rocket"]}}}))
+    pd.DataFrame([{"image": "rocket", "method": "gradcam", "layer": "bn2", "status": "ok", "error": ""}]).to_csv(
+        job / "manifest.csv", index=False)
+    saved = dataclasses.replace(sweep_mod.STARTED)
+    try:
+        sweep_mod.started(root, allow_failures=False)
+        assert sweep_mod.finish(0) == 3
+        line = capsys.readouterr().out
+        assert "1 ok, 0 failed in 1 job(s); 2 of 3 job(s) wrote no row" in line and "status.py" in line
+        sweep_mod.started(root, allow_failures=True)
+        assert sweep_mod.finish(0) == 0
+    finally:
+        sweep_mod.STARTED.__dict__.update(saved.__dict__)
+    assert sweep_mod.planned_jobs(root) == 3 and sweep_mod.planned_jobs(job) is None

@@ -22,9 +22,11 @@ from ..models.registry import canonical_loader
 from ..output.files import atomic_write
 
 #: Keys that may differ between runs into one folder: they change which items are (re)computed,
-#: how failures are reported or how memory is managed, never what an item's files hold. Metrics are
-#: not part of an item's identity: a resume with a metric switched on recomputes the items without it.
-MAY_DIFFER = ("resume", "allow_failures", "metrics", "reuse_memory")
+#: how failures are reported or how memory and batches are managed, never what an item's files hold
+#: (a batch gives each image the maps it gets alone, up to float rounding: tests/test_batches.py).
+#: Metrics are not part of an item's identity: a resume with a metric switched on recomputes the
+#: items without it.
+MAY_DIFFER = ("resume", "allow_failures", "metrics", "reuse_memory", "batch_size")
 
 CONFIG = Path(".hydra") / "config.yaml"
 LOCK = ".cnnviz.lock"

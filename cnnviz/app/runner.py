@@ -30,7 +30,7 @@ from ..output.gallery import write_gallery
 from ..data.images import box_to_input, preprocess
 from ..output.manifest import Manifest
 from ..output.render import RenderOptions
-from ..metrics import evaluate, writes_of
+from ..metrics import evaluate_rows, writes_of
 from ..metrics.pointing_game import box_mask
 from .plan import Plan, build_plan
 from ..output.summary import write_summary
@@ -246,14 +246,23 @@ def _compute_work(plan: Plan, work: list[Work]) -> list[dict[str, ItemResult]]:
 
 def _add_metrics(plan: Plan, method: str, layers: tuple[str, ...], items: list[Work], results: list[ItemResult],
                  x: torch.Tensor) -> None:
-    """Each image's Attributions with the configured metrics (in place in ``results``)."""
+    """Each image's Attributions with the configured metrics (in place in ``results``). The images
+    of the batch are measured together, one ``evaluate_rows`` call per attribution position (the
+    same layer of every image), so the metrics' perturbed copies share the model's batches."""
     if not plan.metrics:
         return
-    for n, (item, result) in enumerate(zip(items, results)):
-        if result.error is None:
-            results[n] = dataclasses.replace(result, attributions=[
-                evaluate(plan.metrics, a, plan.model.module, x[n:n + 1], method=plan.methods[method], layers=layers,
-                         mask=item.image.mask) for a in result.attributions])
+    ok = [n for n, r in enumerate(results) if r.error is None]
+    if not ok:
+        return
+    measured = {n: list(results[n].attributions) for n in ok}
+    for j in range(max(len(measured[n]) for n in ok)):
+        rows_at = [n for n in ok if j < len(measured[n])]
+        scored = evaluate_rows(plan.metrics, [measured[n][j] for n in rows_at], plan.model.module, x[rows_at],
+                               method=plan.methods[method], layers=layers, masks=[items[n].image.mask for n in rows_at])
+        for n, attr in zip(rows_at, scored):
+            measured[n][j] = attr
+    for n in ok:
+        results[n] = dataclasses.replace(results[n], attributions=measured[n])
 
 
 def weights_identity(model) -> str:

@@ -82,6 +82,23 @@ class _Started:
 STARTED = _Started()
 
 
+def planned_jobs(sweep: Path) -> Optional[int]:
+    """How many jobs the multirun asked for (the product of its sweep overrides in multirun.yaml);
+    None without a readable multirun.yaml."""
+    import yaml
+    from itertools import product
+
+    path = Path(sweep) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = (yaml.safe_load(path.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task", [])
+    sizes = [len(list(o.sweep_iterator())) for o in OverridesParser.create().parse_overrides(overrides)
+             if o.is_sweep_override()]
+    return len(list(product(*[range(n) for n in sizes]))) if sizes else 1
+
+
 def started(root: Path, allow_failures: bool) -> None:
     STARTED.root, STARTED.allow_failures, STARTED.merged = Path(root), allow_failures, False
 
@@ -105,10 +122,14 @@ def finish(code: int) -> int:
     frame = pd.read_csv(root / "manifest.csv") if STARTED.merged and (root / "manifest.csv").is_file() else merge_and_summarize(root)
     failed = int((frame["status"] != "ok").sum()) if "status" in frame else 0
     jobs = frame["job"].nunique() if "job" in frame else 0
-    print(f"cnnviz: {len(frame) - failed} ok, {failed} failed in {jobs} job(s); manifest: {root / 'manifest.csv'}",
-          file=sys.stdout)
-    if failed:
-        return 0 if STARTED.allow_failures else 3
+    planned = planned_jobs(root) or jobs
+    silent = max(planned - jobs, 0)  # cancelled, killed or timed out before writing a row
+    print(f"cnnviz: {len(frame) - failed} ok, {failed} failed in {jobs} job(s)"
+          + (f"; {silent} of {planned} job(s) wrote no row (cancelled, killed or timed out?): "
+             f"python scripts/status.py {root}" if silent else "")
+          + f"; manifest: {root / 'manifest.csv'}", file=sys.stdout)
+    if failed or silent:
+        return 0 if STARTED.allow_failures else (code or 3)
     return code
 
 

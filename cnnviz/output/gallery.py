@@ -19,6 +19,11 @@ from .files import atomic_write, png_bytes, read_png
 #: Which picture of a row stands for it, in order of preference.
 PREFERRED = ("file_cam_on_image", "file_lrp_heatmap", "file_png_overlay", "file_png_final", "file_gray", "file_color")
 
+#: The contact sheet shows the first this many images: one PNG of a 50,000-image run would take
+#: gigabytes to compose and nobody could read it; index.html lists every image.
+SHEET_MAX_IMAGES = 64
+SHEET_PAD, SHEET_HEADER, SHEET_LABEL = 4, 40, 14
+
 
 def _text(value) -> str:
     return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
@@ -92,14 +97,14 @@ def index_html(frame: pd.DataFrame, cells_grid: Optional[Grid] = None) -> str:
     body = []
     for image in images:
         src = input_file(cells, image)
-        tds = [f"<th>{html.escape(image)}<br>" + (f'<img src="{html.escape(src)}" alt="{html.escape(image)}">' if src else "") + "</th>"]
+        tds = [f"<th>{html.escape(image)}<br>" + (f'<img src="{html.escape(src)}" alt="{html.escape(image)}" loading="lazy">' if src else "") + "</th>"]
         for key in columns:
             row = cells.get((image, key))
             if row is None:
                 tds.append("<td></td>")
                 continue
             f = cell_file(row)
-            pic = f'<img src="{html.escape(f)}" alt="{html.escape(column_title(key))}">' if f and row.get("status") == "ok" else ""
+            pic = f'<img src="{html.escape(f)}" alt="{html.escape(column_title(key))}" loading="lazy">' if f and row.get("status") == "ok" else ""
             tds.append(f"<td>{pic}<div class=cap>{html.escape(caption(row))}</div></td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return f"""<!doctype html>
@@ -114,30 +119,35 @@ td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} 
 """
 
 
-def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid: Optional[Grid] = None) -> bytes:
+def sheet_note(n_images: int, shown: int) -> str:
+    """The header's line when the sheet leaves images out ("" when it shows them all)."""
+    return "" if shown >= n_images else f"first {shown} of {n_images} images; index.html lists all"
+
+
+def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid: Optional[Grid] = None,
+                  max_images: int = SHEET_MAX_IMAGES) -> bytes:
     """The same grid as one PNG: a header row of column titles, then per image its input and each
-    column's picture, thumbnails of ``cell`` px (composed with PIL: a matplotlib figure is much slower)."""
+    column's picture, thumbnails of ``cell`` px (composed with PIL: a matplotlib figure is much slower).
+    At most ``max_images`` rows, so memory and size stay bounded however long the run."""
     import textwrap
 
     from PIL import Image, ImageDraw, ImageFont
 
-    images, columns, cells = cells_grid or grid(frame)
+    all_images, columns, cells = cells_grid or grid(frame)
+    images = all_images[:max_images]
     font = ImageFont.load_default()
-    pad, header, label = 4, 40, 14
+    pad, header, label = SHEET_PAD, SHEET_HEADER, SHEET_LABEL
     width = (len(columns) + 1) * (cell + pad) + pad
     height = header + len(images) * (cell + label + pad) + pad
     sheet = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(sheet)
     titles = ["input"] + [column_title(k) for k in columns]
+    note = sheet_note(len(all_images), len(images))
     for c, title in enumerate(titles):
-        lines = textwrap.wrap(title, width=max(8, cell // 6))[:3]
+        lines = textwrap.wrap(title, width=max(8, cell // 6))[: 2 if note else 3]
         draw.multiline_text((pad + c * (cell + pad), pad), "\n".join(lines), fill="black", font=font, spacing=1)
-    files = {}
-    for image in images:
-        files[image, 0] = input_file(cells, image)
-        for c, key in enumerate(columns, 1):
-            row = cells.get((image, key))
-            files[image, c] = cell_file(row) if row is not None and row.get("status") == "ok" else None
+    if note:
+        draw.text((pad, header - label), note, fill="red", font=font)
 
     def thumbnail(f):
         picture = read_png(folder / f) if isinstance(f, str) else None
@@ -147,17 +157,23 @@ def contact_sheet(frame: pd.DataFrame, folder: Path, cell: int = 160, cells_grid
         thumb.thumbnail((cell, cell), Image.Resampling.BILINEAR)  # before the RGB conversion: a grey map resizes faster
         return thumb.convert("RGB")
 
+    def row_files(image):
+        files = [input_file(cells, image)]
+        for key in columns:
+            row = cells.get((image, key))
+            files.append(cell_file(row) if row is not None and row.get("status") == "ok" else None)
+        return files
+
     with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:  # decoding and resizing release the GIL
-        thumbs = dict(zip(files, pool.map(thumbnail, files.values())))
-    for r, image in enumerate(images):
-        top = header + r * (cell + label + pad)
-        for c in range(len(columns) + 1):
-            left = pad + c * (cell + pad)
-            if thumbs[image, c] is not None:
-                sheet.paste(thumbs[image, c], (left, top))
-            elif c > 0 and cells.get((image, columns[c - 1])) is not None:
-                draw.text((left, top + cell // 2), "error", fill="red", font=font)
-        draw.text((pad, top + cell + 1), image, fill="black", font=font)
+        for r, image in enumerate(images):  # one row's thumbnails at a time
+            top = header + r * (cell + label + pad)
+            for c, thumb in enumerate(pool.map(thumbnail, row_files(image))):
+                left = pad + c * (cell + pad)
+                if thumb is not None:
+                    sheet.paste(thumb, (left, top))
+                elif c > 0 and cells.get((image, columns[c - 1])) is not None:
+                    draw.text((left, top + cell // 2), "error", fill="red", font=font)
+            draw.text((pad, top + cell + 1), image, fill="black", font=font)
     return png_bytes(np.asarray(sheet))
 
 
