@@ -128,8 +128,8 @@ def finish(code: int) -> int:
           + (f"; {silent} of {planned} job(s) wrote no row (cancelled, killed or timed out?): "
              f"python scripts/status.py {root}" if silent else "")
           + f"; manifest: {root / 'manifest.csv'}", file=sys.stdout)
-    if failed or silent:
-        return 0 if STARTED.allow_failures else (code or 3)
+    if failed or silent:  # a failed item, or a job that never wrote one, fails the sweep unless allowed
+        return 0 if STARTED.allow_failures else 3
     return code
 
 
