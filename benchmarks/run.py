@@ -2,7 +2,7 @@
 
     python -m benchmarks [--quick] [--models efficientnet_lite0 vgg19] [--repeats 5] [--threads 2]
                          [--items cams gradients classic4 layers16 ablation scorecam ig smoothgrad occlusion gallery
-                                  dataset] [--dataset-images 256] [--dataset-maps 64] [--dataset-steps 49]
+                                  dataset vit] [--dataset-images 256] [--dataset-maps 64] [--dataset-steps 49]
     (or python benchmarks/run.py with the same options)
 
 cnnviz runs with the accelerations ``python run.py`` uses (``fast_copy`` and ``reuse_memory`` of
@@ -62,6 +62,7 @@ from benchmarks.settings import (ATOL_REL, COLD_S, DATASET_IMAGES, DATASET_MAPS,
                                  SG_MIN_CORR, SG_NOISE, SG_SAMPLES, TARGET)
 from benchmarks.suites import classic_gallery, run_model, streams_used  # noqa: E402
 from benchmarks.thresholds import THRESHOLDS  # noqa: E402
+from benchmarks.vit import run_vit, target_lines as vit_lines  # noqa: E402
 from cnnviz.speed import memory  # noqa: E402
 
 
@@ -119,6 +120,7 @@ def main() -> None:
             run_model(b, name, generic, specific)
     gallery = classic_gallery(b, args.repeats) if "gallery" in args.items else []
     data = run_dataset(args, b.log) if "dataset" in args.items else None
+    vit = run_vit(args, b.log) if "vit" in args.items else None
     wall = time.perf_counter() - wall0
     load1 = os.getloadavg()
 
@@ -190,6 +192,11 @@ def main() -> None:
               f"{args.dataset_steps} steps for deletion + insertion{' (--quick)' if args.quick else ''}; "
               "contenders take turns chunk by chunk:")
         for line in dataset_lines(data):
+            print("  " + line)
+    if vit is not None:
+        print()
+        print("vit section (benchmarks/vit.py): Grad-CAM at every block of a random-init timm ViT, one 1x3x224x224 input:")
+        for line in vit_lines(vit):
             print("  " + line)
     print()
     print(f"total wall time {wall:.0f} s")

@@ -28,8 +28,8 @@ GRADIENTS = {  # cnnviz name -> captum class
 }
 CLASSIC4 = ("vanilla_backprop", "guided_backprop", "gradcam", "guided_gradcam")  # the classic gallery's four
 ITEMS = ("cams", "gradients", "classic4", "layers16", "ablation", "scorecam", "ig", "smoothgrad", "occlusion", "gallery",
-         "dataset")
-PER_MODEL_ITEMS = tuple(i for i in ITEMS if i not in ("gallery", "dataset"))  # run inside run_model
+         "dataset", "vit")
+PER_MODEL_ITEMS = tuple(i for i in ITEMS if i not in ("gallery", "dataset", "vit"))  # run inside run_model
 DATASET_IMAGES, DATASET_MAPS = 256, 64  # --quick: QUICK_DATASET_IMAGES, QUICK_DATASET_MAPS
 QUICK_DATASET_IMAGES, QUICK_DATASET_MAPS = 64, 16
 DATASET_STEPS = 49  # deletion / insertion steps: the divisor of 224 x 224 nearest cnnviz's default 50 (Quantus needs one)

@@ -33,4 +33,7 @@ THRESHOLDS: dict[str, Threshold] = {t.what: t for t in (
     Threshold("dataset_gradcam_x_peer", 2, at_most=False),      # pytorch-grad-cam's and torchcam's time / cnnviz's
     Threshold("dataset_metrics_x_quantus", 5, at_most=False),   # deletion + insertion: Quantus's time / cnnviz's
     Threshold("dataset_process_overhead", 1.15),  # run.py on the list: wall / (model load + compute)
+    # the vision-transformer section (benchmarks/vit.py, issue 24)
+    Threshold("vit_blocks_x_floor", 1.3),       # Grad-CAM at every ViT block in one compute / one forward + backward
+    Threshold("vit_blocks_x_loop", 5, at_most=False),  # pytorch-grad-cam's per-block calls / cnnviz's one compute
 )}

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -66,6 +67,9 @@ class Explanation:
     preprocess: Any = None
     #: notes about the input (e.g. only an animation's first frame is used), added to each row's warnings
     warnings: tuple[str, ...] = ()
+    #: the target when it brings its own manifest columns (``cnnviz.core.targets.OutputScore``: a
+    #: continuous output or a similarity, not a class); anything else is ignored
+    target_kind: Any = None
 
     def class_name(self, index: Optional[int]) -> str:
         return class_name(self.class_names, index)
@@ -77,8 +81,9 @@ class Explanation:
         if self.original_size is not None and self.preprocess is not None:
             size, pre = self.original_size, self.preprocess
             to_original = lambda box: box_to_original(box, size, pre)  # noqa: E731
+        kind = self.target_kind if hasattr(self.target_kind, "columns") else None
         return items.Call(self.image, self.picture, self.attributions, outputs(self.renders, self.writes),
-                          self.class_names, self.meta, to_original, self.warnings)
+                          self.class_names, self.meta, to_original, self.warnings, kind)
 
     def rows(self, out_dir: str | os.PathLike, options: RenderOptions = RenderOptions(), with_target: bool = False) -> list[dict[str, Any]]:
         """Write every file; one manifest row (without run-level columns) per Attribution."""
@@ -143,10 +148,21 @@ def explain(
     name: Optional[str] = None,
     fast_copy: bool = False,
     speed: Optional[Speed] = None,
+    token_grid: Optional[Sequence[int]] = None,
     **params: Any,
 ) -> Explanation:
     """Run one technique on any ``nn.Module`` and an image (a path, a PIL image, or a normalised
     ``(1, 3, H, W)`` tensor). ``params`` are the technique's hyperparameters.
+
+    ``target``: a class index, None (top-1), a callable on the model's output, or a dict target
+    (``cnnviz.models.outputs``): ``{"output": 3}`` (continuous output 3 of a regression model),
+    ``{"similar_to": "ref.jpg"}`` (cosine similarity of the pooled features to the reference's,
+    preprocessed like ``image``; a PIL image or a normalised tensor also serve; ``"layer"`` names the
+    embedding module where the model's own is not found), ``{"output": "b", "class": 2}`` (class 2
+    of output ``b`` of a model returning a dict or tuple). Layer names are the model's own in every case.
+
+    ``token_grid``: ``(h, w)`` of a transformer's patch tokens where it cannot be inferred
+    (``cnnviz.core.tokens``); set on the model for this call only.
 
     Accelerations are off unless asked: ``fast_copy=True`` runs the model's BatchNorm-folded
     channels-last copy (same function, other rounding; ``cnnviz.speed.fastpath``); ``speed`` gives all
@@ -160,10 +176,40 @@ def explain(
         if hasattr(m, key) and getattr(m, key) is None:
             setattr(m, key, [float(v) for v in (pre.mean if key == "input_mean" else pre.std)])
     x, picture, default_name, size = _as_input(image, pre)
+    model, target = _target_kind(model, target, pre, x)
     device = next(model.parameters(), torch.empty(0)).device
     layers = [layer] if isinstance(layer, str) else list(layer or [])
     if m.needs_layer and not layers:
         raise ValueError(f"{m.name} needs layer=<dotted module name>")
-    attrs = compute(m, model, x.to(device), target, layers, speed)
+    from .core.tokens import token_grid as grid_scope
+
+    with grid_scope(model, token_grid) if token_grid else nullcontext():
+        attrs = compute(m, model, x.to(device), target, layers, speed)
     return Explanation(safe_name(name or default_name), picture, attrs, m.renders, class_names, writes=m.writes,
-                       original_size=size, preprocess=pre)
+                       original_size=size, preprocess=pre, target_kind=target)
+
+
+def _target_kind(model: nn.Module, target: Target, pre, x: torch.Tensor) -> tuple[nn.Module, Target]:
+    """For a dict target (``cnnviz.models.outputs``): the module to explain and the one target it
+    gives; any other target comes back with the model unchanged."""
+    if not (isinstance(target, dict) or isinstance(target, list) and any(isinstance(t, dict) for t in target)):
+        return model, target
+    from .models.outputs import probe_output, resolve_target
+
+    resolved = resolve_target(model, target, lambda ref: reference_input(ref, pre), probe_output(int(pre.input_size), x))
+    if resolved is None:
+        raise ValueError(f"target {target}: not a target explain() knows; a dict target is {{'output': k}}, "
+                         "{'similar_to': image} or {'output': name, 'class': c}")
+    if len(resolved.targets) != 1:
+        raise ValueError(f"explain() explains one target per call, got {len(resolved.targets)}: call it once per target")
+    return resolved.module, resolved.targets[0]
+
+
+def reference_input(ref: ImageLike, pre) -> torch.Tensor:
+    """A reference image named in a target (``{similar_to: ...}``) as the normalised ``(1, 3, H, W)``
+    input it makes: a path or PIL image preprocessed as the inputs are, a tensor taken as already
+    normalised; errors name ``target.similar_to``."""
+    if isinstance(ref, torch.Tensor):
+        return ref if ref.ndim == 4 else ref[None]
+    img = to_rgb(ref, "target.similar_to") if isinstance(ref, Image.Image) else read_image(ref, "target.similar_to")[0]
+    return preprocess(img, pre)[0]

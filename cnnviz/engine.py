@@ -126,7 +126,10 @@ def _compute_batch(methods, model, x, targets, layers, seed) -> dict[str, list[I
     if together:
         if seed is not None:
             torch.manual_seed(seed)
-        batch_target = None if all(t is None for t in targets) else targets
+        # one object for every row (a callable target, e.g. a similarity score) is passed as it is:
+        # a list of callables is not a target the techniques take
+        batch_target = (None if all(t is None for t in targets)
+                        else targets[0] if all(t is targets[0] for t in targets) else targets)
         for name, result in _compute_group(together, model, x, batch_target, layers).items():
             if result.error is None:
                 rows = [[a.row(i) for a in result.attributions] for i in range(n)]

@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cnnviz.app.schema import register_configs  # noqa: E402
 from cnnviz.core.hooks import model_state_kept, removing  # noqa: E402
-from cnnviz.app.plan import load_model  # noqa: E402
+from cnnviz.app.plan import load_model, resolve_preprocess  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -17,6 +17,7 @@ def main(overrides: list[str]) -> None:
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
+    resolve_preprocess(cfg.model)
     loaded = load_model(cfg.model, int(cfg.seed))
     shapes: dict[str, tuple] = {}
     size = int(cfg.model.preprocess.input_size)

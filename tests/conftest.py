@@ -117,6 +117,19 @@ def hook_count(model: nn.Module) -> int:
     )
 
 
+def model_snapshot(model: nn.Module) -> dict:
+    """Everything a technique must leave as it found it: training flags, requires_grad, .grad,
+    the state dict, the module tree and the hooks."""
+    return {
+        "training": {n: m.training for n, m in model.named_modules()},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grad": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "modules": [(n, type(m), id(m)) for n, m in model.named_modules()],
+        "hooks": hook_count(model),
+    }
+
+
 #: Hyperparameters that fit the tiny test inputs and keep the suite fast; defaults otherwise.
 TINY_PARAMS = {
     "occlusion": {"window": 3, "stride": 2},
@@ -129,6 +142,14 @@ TINY_PARAMS = {
     "filter_visualization": {"steps": 3, "snapshot_every": 2, "jitter": 2, "blur_every": 2},
     "deep_dream": {"steps": 2, "snapshot_every": 2, "octaves": 2, "jitter": 2},
 }
+
+
+def any_model(name: str) -> bool:
+    """Whether a technique runs on any classifier, TinyCNN included; the others declare the model
+    family they need (``model_family``, e.g. the transformer techniques) and are tested on it."""
+    from cnnviz import get_method
+
+    return getattr(get_method(name), "model_family", None) is None
 
 
 def tiny_method(name: str, **params):

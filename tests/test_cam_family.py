@@ -23,9 +23,9 @@ from torch import nn
 
 from cnnviz import Attribution, ConfigError, get_method, list_methods
 from cnnviz.core.maps import fuse_layer_maps
-from conftest import hook_count, run_cli, torch_threads
+from conftest import any_model, hook_count, run_cli, torch_threads
 
-CAM_METHODS = [n for n in list_methods() if get_method(n).map_space == "layer"]
+CAM_METHODS = [n for n in list_methods() if get_method(n).map_space == "layer" and any_model(n)]
 GRADIENT_CAMS = [n for n in CAM_METHODS if get_method(n).uses_gradients]
 B, H, W = 2, 9, 11
 TARGET = [1, 3]

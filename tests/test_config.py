@@ -51,6 +51,9 @@ def test_model_option_composes(name):
                 assert cfg.model.preprocess[k] == v, (name, k)
         else:
             assert cfg.model[key] == value, (name, key)
+    from cnnviz.app.plan import resolve_preprocess
+
+    resolve_preprocess(cfg.model)  # model=timm leaves it to the timm model's pretrained configuration
     assert cfg.model.preprocess.input_size > 0
 
 

@@ -358,11 +358,16 @@ def test_deconvnet_with_inplace_relus_is_the_same():
 
 
 def test_deconvnet_without_relus_is_the_gradient_and_says_so():
-    net = seeded(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3)), 22)
+    """No nonlinearity module at all: the deconvnet rule changes nothing, the row says so. Another
+    activation (Tanh) has no deconvnet rule: refused, naming it, never its plain gradient."""
+    net = seeded(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3)), 22)
     x = randn(1, 3, 6, 6, seed=23)
     attr = method("deconvnet")(net, x, 1)
     close(attr.values, grad_of(net, x, 1))
     assert any("gradient" in w and "ReLU" in w for w in attr.warnings), attr.warnings
+    tanh = seeded(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(36, 3)), 22)
+    with pytest.raises(ConfigError, match="Tanh"):
+        method("deconvnet")(tanh, x, 1)
 
 
 # ============================================================================================

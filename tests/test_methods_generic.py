@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from cnnviz import Attribution, ConfigError, get_method, list_methods
-from conftest import TinyCNN, hook_count, tiny_method
+from conftest import TinyCNN, any_model, hook_count, model_snapshot, tiny_method
 
-METHODS = list_methods()
+ALL = list_methods()
+METHODS = [n for n in ALL if any_model(n)]  # those that run on TinyCNN
 LAYER = "features.3"
 B, H, W = 2, 10, 12
 TARGET = [1, 4]
@@ -56,15 +57,7 @@ class Stochastic(TinyCNN):
         return self.fc(self.drop(self.norm(self.pool(self.features(x)).flatten(1))))
 
 
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "training": {n: m.training for n, m in model.named_modules()},
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "grad": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        "state": {k: v.clone() for k, v in model.state_dict().items()},
-        "modules": [(n, type(m), id(m)) for n, m in model.named_modules()],
-        "hooks": hook_count(model),
-    }
+snapshot = model_snapshot
 
 
 def assert_same_state(before: dict, after: dict) -> None:
@@ -237,7 +230,15 @@ def test_input_must_be_4d(name):
         method(name)(TinyCNN(), torch.randn(3, H, W), 0, layer=layer_for(name))
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", [n for n in ALL if not any_model(n)])
+def test_a_technique_for_another_model_family_refuses_tinycnn_at_check(name):
+    model = TinyCNN()
+    with pytest.raises(ConfigError, match=get_method(name).model_family.replace("_", " ")):
+        method(name).check(model)
+    assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_render_kinds_are_known_renderers(name):
     from cnnviz.output.render import RENDERERS
 
@@ -268,7 +269,7 @@ from cnnviz.engine import compute_group  # noqa: E402
 from cnnviz.methods.base import CAMMethod, GradientMethod, Method, PerturbationMethod  # noqa: E402
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", ALL)
 def test_every_technique_declares_where_its_map_lives(name):
     cls = get_method(name)
     assert cls.map_space in ("input", "layer")
@@ -276,7 +277,7 @@ def test_every_technique_declares_where_its_map_lives(name):
     assert (cls.map_space == "layer") == issubclass(cls, CAMMethod)
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", ALL)
 def test_a_technique_that_does_not_share_passes_asks_the_engine_for_none(name):
     m = method(name)
     if not m.shares_passes:

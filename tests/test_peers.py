@@ -71,3 +71,27 @@ def test_occlusion_equal_captum_where_the_windows_are_the_same(net_and_input):
     n = ((224 - OCC_WINDOW) // OCC_STRIDE + 1) * OCC_STRIDE
     verdict, rel = close(mine[..., :n, :n], ref[..., :n, :n])
     assert verdict == "EQUAL", f"max|diff| / max|captum| = {rel:.2e}"
+
+
+# ---- vision transformers (issue 24): pytorch-grad-cam with its reshape_transform ------------------
+
+def test_gradcam_on_vit_blocks_agrees_with_pytorch_grad_cam_reshape_transform():
+    """Random-init vit_tiny: cnnviz's Grad-CAM at every block (one compute, tokens viewed as a grid by
+    cnnviz itself) against pytorch-grad-cam's GradCAM given the tutorial's reshape_transform, one call
+    per block. Both upsample the same 14x14 map to 224 px (bilinear, pytorch-grad-cam after its min-max
+    scaling), so Pearson r, which ignores scale, is near 1; the last block's map is zero in both (the
+    class-token head sends no gradient to the patch tokens)."""
+    pytest.importorskip("pytorch_grad_cam", reason="the [bench] extra (grad-cam) is not installed")
+    from benchmarks.vit import CORR_MIN, peer_maps, pearson, vit_model
+
+    model = vit_model("vit_tiny_patch16_224")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    blocks = [f"blocks.{i}" for i in range(12)]
+    mine = compute(cnnviz_method("gradcam", None, None), model, x, TARGET, blocks)
+    theirs = peer_maps(model, blocks, x)
+    assert [a.values.shape for a in mine] == [(1, 14, 14)] * 12
+    for a, t in zip(mine[:-1], theirs[:-1]):
+        assert a.upsampled.any()
+        r = pearson(a.upsampled[0], t[0])
+        assert r > CORR_MIN, (a.layer, r)
+    assert not mine[-1].values.any() and not theirs[-1].any()

@@ -19,9 +19,9 @@ from cnnviz.core.attribution import NonFiniteError
 from cnnviz.engine import compute_group
 from cnnviz.models.loaders import check_finite, checkpoint_model
 
-from conftest import TinyCNN, run_cli, tiny_method
+from conftest import TinyCNN, any_model, run_cli, tiny_method
 
-METHODS = list_methods()
+METHODS = [n for n in list_methods() if any_model(n)]
 LAYER = "features.3"
 B, H, W = 2, 10, 12
 TARGET = [1, 4]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+from torch import nn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..speed import Speed
@@ -20,11 +21,19 @@ from ..core.hooks import capture_outputs, model_state_kept
 from ..data.images import ImageSource, check_preprocess, check_resized_size, sources_from_config, unique_names
 from ..data.lists import resolve_labels
 from ..core.layers import resolve_layer
+from ..core.targets import OutputScore
+from ..core.tokens import layout_of, set_token_grid
 from ..methods.base import Method
 from ..metrics import Metric, get_metric
 from ..models.loaders import LoadedModel, check_finite
 from ..methods import get_method
 from ..models.segmentation import apply_region, split_region_target
+from ..models.outputs import probe_output, split_target_kind
+from ..models.detection import default_layer as detection_default_layer, split_detection_target
+from ..models.registry import canonical_loader
+
+#: the loader of model=torchvision_detection (cnnviz.models.detection)
+DETECTION_LOADER = "cnnviz.models.detection.torchvision_detection"
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +189,23 @@ def _load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
     loader = get_loader(cfg_model.get("_target_"))
     accepted = inspect.signature(loader).parameters
     given = {"arch": cfg_model.arch, "weights": cfg_model.weights, "path": cfg_model.path, "library": cfg_model.library,
-             "name": cfg_model.name, "seed": seed}
+             "name": cfg_model.name, "seed": seed,
+             "input_size": (cfg_model.get("preprocess") or {}).get("input_size")}
     # null means "the loader's default", except weights, where null asks for a random init
     return loader(**{k: v for k, v in given.items() if k in accepted and (v is not None or k == "weights")})
 
 
 def expand_layer_pattern(pattern: str, model: LoadedModel) -> Optional[list[str]]:
-    """``all`` (every leaf module) or ``type:<Class>`` (modules of that class or a subclass), in
-    model order; ``None`` when ``pattern`` is a plain layer name."""
+    """``all`` or ``type:<Class>`` (modules of that class or a subclass), in model order; ``None``
+    when ``pattern`` is a plain layer name.
+
+    ``all`` on a transformer (a model with attention modules) is its blocks (``transformer_blocks``):
+    one map per block, as each block's output is the token grid the next one reads, while the leaves
+    inside a block (qkv, norms, the MLP's halves) are steps of one computation. On any other model it
+    is every leaf module (narrowed by ``probe_layers`` to those a technique can use)."""
     modules = [(n, m) for n, m in model.module.named_modules() if n]
     if pattern == "all":
-        return [n for n, m in modules if not list(m.children())]
+        return transformer_blocks(model.module) or [n for n, m in modules if not list(m.children())]
     if pattern.startswith("type:"):
         wanted = pattern[5:]
         found = [n for n, m in modules if any(c.__name__ == wanted for c in type(m).__mro__)]
@@ -199,6 +214,30 @@ def expand_layer_pattern(pattern: str, model: LoadedModel) -> Optional[list[str]
             raise unknown("module type", "layer=type:<Class>", wanted, kinds)
         return found
     return None
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention) or type(module).__name__.endswith("Attention")
+
+
+def transformer_blocks(module: nn.Module) -> list[str]:
+    """The blocks of a transformer, in model order: the elements of every ``nn.Sequential`` /
+    ``nn.ModuleList`` whose elements each hold an attention module (a class named ``*Attention``, as
+    timm's ViT, DeiT, Eva and Swin attentions are, or ``nn.MultiheadAttention``) and hold no such list
+    themselves: ``blocks.0 .. blocks.11`` of a ViT, ``layers.<stage>.blocks.<i>`` of a Swin. Empty for
+    a model without attention (a CNN, ConvNeXt)."""
+    attention = [n for n, m in module.named_modules() if _is_attention(m)]
+    if not attention:
+        return []
+
+    def holds(name: str) -> bool:
+        return any(a == name or a.startswith(name + ".") for a in attention)
+
+    lists = [n for n, m in module.named_modules()
+             if n and isinstance(m, (nn.Sequential, nn.ModuleList)) and len(m)
+             and all(holds(f"{n}.{i}") for i in range(len(m)))]
+    innermost = [n for n in lists if not any(o != n and o.startswith(n + ".") for o in lists)]
+    return [f"{n}.{i}" for n in innermost for i in range(len(dict(module.named_modules())[n]))]
 
 
 def parse_layers(layer: Any, model: LoadedModel, default: Optional[str]) -> tuple[list[str], bool]:
@@ -224,6 +263,9 @@ def parse_targets(target: Any, num_classes: int) -> list[Any]:
     values = list(target) if OmegaConf.is_list(target) or isinstance(target, (list, tuple)) else [target]
     out = []
     for t in values:
+        if isinstance(t, OutputScore):  # a target kind's (apply_target_kind), checked when made
+            out.append(t)
+            continue
         if t is None or t in ("top1", "label"):
             out.append(t)
             continue
@@ -238,6 +280,16 @@ def parse_targets(target: Any, num_classes: int) -> list[Any]:
     return list(dict.fromkeys(out))
 
 
+def spatial_problem(model: LoadedModel, layer: str, output: torch.Tensor, size: int) -> Optional[str]:
+    """Why a CAM cannot read a map from ``layer``'s ``output`` on a ``size`` px input (its layout, see
+    ``cnnviz.core.tokens``), or None."""
+    try:
+        layout_of(model.module, layer, output, (output.shape[0], 3, size, size))
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
 def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], expanded: set[str], methods: dict[str, Method],
                  pre, device) -> int:
     """One forward on a blank input: layer output shapes for the CAM methods, and the class count.
@@ -250,18 +302,18 @@ def probe_layers(plan_model: LoadedModel, layers: dict[str, list[str]], expanded
         raise ConfigError(f"model {plan_model.name} returns shape {tuple(logits.shape)}; cnnviz expects (B, classes) logits")
     for name, m in methods.items():
         if name in expanded:
-            layers[name] = [l for l in layers[name] if l in out and (m.map_space != "layer" or out[l].ndim == 4)]
+            layers[name] = [l for l in layers[name] if l in out and (m.map_space != "layer" or not
+                                                                     spatial_problem(plan_model, l, out[l], size))]
             if not layers[name]:
-                raise ConfigError(f"layer: the pattern matched no layer that {name} can use (it needs (B, C, H, W) outputs)")
+                raise ConfigError(f"layer: the pattern matched no layer that {name} can use (it needs (B, C, H, W) "
+                                  "outputs, channels-last maps or transformer tokens)")
             log.info("%s: layer pattern expanded to %d layers", name, len(layers[name]))
         for layer in layers[name]:
             if layer not in out:
                 raise ConfigError(f"layer '{layer}' never ran in the forward pass of {plan_model.name}")
-            if m.map_space == "layer" and out[layer].ndim != 4:
-                raise ConfigError(
-                    f"{name} needs a layer whose output is (B, C, H, W), but layer '{layer}' outputs "
-                    f"{tuple(out[layer].shape)}; choose a convolutional layer (layer=...)"
-                )
+            problem = spatial_problem(plan_model, layer, out[layer], size) if m.map_space == "layer" else None
+            if problem:
+                raise ConfigError(f"{name} needs a layer with a spatial map: {problem}")
     return int(logits.shape[1])
 
 
@@ -287,10 +339,70 @@ def check_batching(cfg: DictConfig, device: torch.device) -> Batching:
     return b
 
 
+def detection_target(cfg: DictConfig) -> tuple[Any, Any]:
+    """For a detector (``model=torchvision_detection``): ``(None, DetectionRequest)`` from ``target``
+    and the model's ``score_threshold`` / ``max_detections`` / ``per_box``; for any other model
+    ``(target, None)`` (a detection target for it is a ConfigError)."""
+    is_detector = canonical_loader(cfg.model.get("_target_")) == DETECTION_LOADER
+    return split_detection_target(plain(cfg.target), cfg.model, is_detector)
+
+
+def apply_target_kind(loaded: LoadedModel, kind: Any, target: Any, pre) -> tuple[LoadedModel, Any]:
+    """For a target of a kind in ``cnnviz.models.outputs`` (``kind`` from ``split_target_kind``): the
+    model as the kind needs it, named with the kind for the manifest's model column when wrapped
+    (``efficientnet_lite0@similar_to``), and the targets it gives; otherwise both unchanged."""
+    if kind is None:
+        return loaded, target
+    cls, specs = kind
+    from ..api import reference_input
+
+    resolved = cls.resolve(loaded.module, specs, lambda ref: reference_input(str(ref), pre), probe_output(int(pre.input_size)))
+    if resolved.module is loaded.module:
+        return loaded, resolved.targets
+    name = f"{loaded.name}@{resolved.label}" if resolved.label else loaded.name
+    # the classes of a similarity are the references, not the network's
+    names = [] if cls.name == "similar_to" else loaded.class_names
+    # the cached model keeps its own module; this plan gets the wrapper
+    return dataclasses.replace(loaded, module=resolved.module, name=name, class_names=names), resolved.targets
+
+
+#: the loaders whose models carry timm's pretrained configuration (model=timm)
+TIMM_LOADER = "cnnviz.models.loaders.timm_model"
+PREPROCESS_FROM_MODEL = ("input_size", "crop_pct", "interpolation", "mean", "std")
+
+
+def resolve_preprocess(cfg_model: DictConfig) -> None:
+    """Fill the null values of ``model.preprocess`` (in place) from the timm model's pretrained
+    configuration (``timm.data.resolve_data_config``, ``cnnviz.models.loaders.timm_data_config``): a
+    value set in the config wins. Other models have no such configuration: a null there is a
+    ConfigError naming the key."""
+    pre = cfg_model.preprocess
+    missing = [k for k in PREPROCESS_FROM_MODEL if pre.get(k) is None]
+    if not missing:
+        return
+    if canonical_loader(cfg_model.get("_target_")) != TIMM_LOADER:
+        raise ConfigError(f"model.preprocess.{missing[0]} is null, and only timm models (model=timm) take it from "
+                          f"their pretrained configuration; set model.preprocess.{missing[0]}=<value>")
+    from ..models.loaders import timm_data_config
+
+    data = timm_data_config(str(cfg_model.arch))
+    _, height, width = data["input_size"]
+    if "input_size" in missing and height != width:
+        raise ConfigError(f"model.preprocess.input_size is null and timm's {cfg_model.arch} is trained at "
+                          f"{height}x{width}, not square; set model.preprocess.input_size=<pixels>")
+    resolved = {"input_size": int(height), "crop_pct": float(data["crop_pct"]), "interpolation": str(data["interpolation"]),
+                "mean": [float(v) for v in data["mean"]], "std": [float(v) for v in data["std"]]}
+    for key in missing:
+        pre[key] = resolved[key]
+    log.info("model.preprocess from timm's pretrained configuration of %s: %s", cfg_model.arch,
+             ", ".join(f"{k}={resolved[k]}" for k in missing))
+
+
 def build_plan(cfg: DictConfig) -> Plan:
     check_keys(cfg.model, ModelConfig, "model")
     for key, image_cfg in (cfg.image or {}).items():
         check_keys(image_cfg, ImageConfig, f"image.{key}")
+    resolve_preprocess(cfg.model)
     check_preprocess(cfg.model.preprocess)
     device = resolve_device(cfg.device)
     try:
@@ -318,21 +430,28 @@ def build_plan(cfg: DictConfig) -> Plan:
         if src.eager:
             img, _ = src.read()  # a file named in the config must be readable, and not too large once resized, before any work starts
             check_resized_size(img.size, cfg.model.preprocess)
-    target, region = split_region_target(plain(cfg.target))  # {class: c, region: ...} for segmentation models
+    target, detection = detection_target(cfg)  # detectors: detections | {class: c} | {box: [...], class: c}
+    target, kind = split_target_kind(target)  # {output: k}, {similar_to: img}, {output: b, class: c}
+    target, region = split_region_target(target)  # {class: c, region: ...} for segmentation models
     model = apply_region(load_model(cfg.model, int(cfg.seed)), region, cfg.model.preprocess)
+    model, target = apply_target_kind(model, kind, target, cfg.model.preprocess)
     model.module.to(device)
+    set_token_grid(model.module, plain(cfg.model.get("token_grid")))  # model.token_grid, read by the CAMs
     for m in methods.values():
         m.check(model.module)
     layers, expanded = {}, set()
     for name, m in methods.items():
         if m.needs_layer:
-            layers[name], pattern = parse_layers(method_layers.get(name, cfg.layer), model, cfg.model.default_layer)
+            layers[name], pattern = parse_layers(method_layers.get(name, cfg.layer), model,
+                                                    detection_default_layer(model.module, cfg.model.default_layer))
             if pattern:
                 expanded.add(name)
         else:
             layers[name] = []
     num_classes = probe_layers(model, layers, expanded, methods, cfg.model.preprocess, device)
-    targets = parse_targets(target, num_classes)
+    if detection is not None:  # one request, expanded per image into its detections by the runner
+        num_classes = len(model.class_names)
+    targets = [detection] if detection is not None else parse_targets(target, num_classes)
     images = resolve_labels(unique_names(images), model.class_names, num_classes)
     if "label" in targets:
         unlabelled = [s for s in images if s.default_target is None]

@@ -10,6 +10,7 @@ import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -34,6 +35,8 @@ from ..metrics import evaluate_rows, writes_of
 from ..metrics.pointing_game import box_mask
 from .plan import Plan, build_plan
 from ..output.summary import write_summary
+from ..models.detection import DetectionItem, DetectionRequest, references
+from ..speed.fastpath import exact
 
 log = logging.getLogger("cnnviz")
 
@@ -163,6 +166,8 @@ class Work:
     target: Any
     units: list[Unit]
     base: dict
+    #: the model the item runs on when it is not the plan's: a detection's wrapper for its image
+    model: Any = None
 
 
 def _prefetch(plan: Plan, batch: range) -> list:
@@ -186,6 +191,8 @@ def _collect(writing: list, manifest: Manifest, progress) -> list:
 def _batch_work(plan: Plan, batch: range, loaded: list, target_request: Any, weights_id: str, manifest: Manifest,
                 out_dir: Path) -> tuple[list[Work], int]:
     """The calls still to do for the images of a batch and one target request, and how many items are done."""
+    if isinstance(target_request, DetectionRequest):
+        return _detection_work(plan, batch, loaded, target_request, weights_id, manifest, out_dir)
     work, done_total = [], 0
     for i, image in zip(batch, loaded):
         src = plan.images[i]
@@ -205,6 +212,53 @@ def _batch_work(plan: Plan, batch: range, loaded: list, target_request: Any, wei
         if error is None:
             target, error = _row_target(src, target_request)
         work.append(Work(len(work), src, None if isinstance(image, Exception) else image, error, target, units, base))
+    return work, done_total
+
+
+def _item_base(plan: Plan, src, units: list[Unit], weights_id: str) -> dict:
+    """The key columns of each unit's rows, per method."""
+    return {u.method: {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
+                       "weights_sha256": weights_id, "method": u.method, "params": plan.methods[u.method].params(),
+                       "target_request": u.target_request} for u in units}
+
+
+def _detection_work(plan: Plan, batch: range, loaded: list, request: DetectionRequest, weights_id: str,
+                    manifest: Manifest, out_dir: Path) -> tuple[list[Work], int]:
+    """A detector's calls: each image is run once to find its detections (``request``), then every
+    detection is an item of its own — target k of the image's wrapper (``DetectionScores``), target
+    request ``<request>#d<k>`` (unique per item, so resume finds it), ``_d<k>`` in its file names.
+    The items of one image share one wrapper and are computed together; an image without detections
+    is one error row naming ``model.score_threshold``."""
+    work, done_total = [], 0
+    for i, image in zip(batch, loaded):
+        src = plan.images[i]
+        error, found = (image, []) if isinstance(image, Exception) else (None, [])
+        if error is None:
+            try:
+                box = box_to_input(request.box, image.size, plan.preprocess) if request.box is not None else None
+                wrapper, found = references(plan.model.module, image.x, request, plan.model.class_names, box)
+            except Exception as e:  # that image's error row; the others still run
+                error = e
+        if error is None and not found:
+            which = {"detections": "no detection", "class": f"no detection of class {request.cls}",
+                     "box": f"no detection of class {request.cls}"}[request.kind]
+            error = ConfigError(f"{which} on image {src.name} scores at least model.score_threshold="
+                                f"{request.score_threshold}: lower model.score_threshold (a randomly initialised "
+                                "detector, model.weights=null, scores each class about 1/91)")
+        if error is not None:
+            units = units_of(plan, i, request)
+            work.append(Work(len(work), src, None if isinstance(image, Exception) else image, error, None, units,
+                             _item_base(plan, src, units, weights_id)))
+            continue
+        for det in found:
+            units = units_of(plan, i, det)
+            base = _item_base(plan, src, units, weights_id)
+            if plan.resume:
+                content = {"image_sha256": image.sha256, "weights_sha256": weights_id}
+                units, done = missing_parts(units, base, manifest, plan, out_dir, content)
+                done_total += done
+            if units:
+                work.append(Work(len(work), src, image, None, det.index, units, base, wrapper))
     return work, done_total
 
 
@@ -231,21 +285,24 @@ def _compute_work(plan: Plan, work: list[Work]) -> list[dict[str, ItemResult]]:
         if item.error is not None:
             results[item.index] = {u.method: ItemResult.failed(item.error) for u in item.units}
         else:
-            groups.setdefault(tuple((u.method, u.layers) for u in item.units), []).append(item)
-    for calls, items in groups.items():
+            groups.setdefault((id(item.model), tuple((u.method, u.layers) for u in item.units)), []).append(item)
+    for (_, calls), items in groups.items():
         x = torch.cat([item.image.x for item in items])
         methods = {m: plan.methods[m] for m, _ in calls}
-        with precision_scope(plan.device, plan.precision):
-            out = compute_batch(methods, plan.model.module, x, [item.target for item in items], dict(calls), seed=plan.seed)
+        model = plan.model.module if items[0].model is None else items[0].model
+        # a detection's wrapper lives for one image: a folded fast copy (cached per model) would be
+        # rebuilt for every image, so detectors run as given
+        with precision_scope(plan.device, plan.precision), (nullcontext() if items[0].model is None else exact()):
+            out = compute_batch(methods, model, x, [item.target for item in items], dict(calls), seed=plan.seed)
             for m, layers in calls:
-                _add_metrics(plan, m, layers, items, out[m], x)
+                _add_metrics(plan, m, layers, items, out[m], x, model)
         for n, item in enumerate(items):
             results[item.index] = {m: out[m][n] for m, _ in calls}
     return results
 
 
 def _add_metrics(plan: Plan, method: str, layers: tuple[str, ...], items: list[Work], results: list[ItemResult],
-                 x: torch.Tensor) -> None:
+                 x: torch.Tensor, model: Any = None) -> None:
     """Each image's Attributions with the configured metrics (in place in ``results``). The images
     of the batch are measured together, one ``evaluate_rows`` call per attribution position (the
     same layer of every image), so the metrics' perturbed copies share the model's batches."""
@@ -257,7 +314,8 @@ def _add_metrics(plan: Plan, method: str, layers: tuple[str, ...], items: list[W
     measured = {n: list(results[n].attributions) for n in ok}
     for j in range(max(len(measured[n]) for n in ok)):
         rows_at = [n for n in ok if j < len(measured[n])]
-        scored = evaluate_rows(plan.metrics, [measured[n][j] for n in rows_at], plan.model.module, x[rows_at],
+        scored = evaluate_rows(plan.metrics, [measured[n][j] for n in rows_at],
+                               plan.model.module if model is None else model, x[rows_at],
                                method=plan.methods[method], layers=layers, masks=[items[n].image.mask for n in rows_at])
         for n, attr in zip(rows_at, scored):
             measured[n][j] = attr
@@ -333,9 +391,15 @@ def _log_row(image: str, unit: Unit, row: dict) -> None:
     if row["status"] != "ok":
         log.error("%s / %s failed: %s", image, unit.method, row["error"])
         return
-    log.info("%s %s%s target %s (%s, p=%.3f): %.0f ms", image, unit.method,
-             f" @ {row['layer']}" if row["layer"] else "", row["target"], row["target_name"],
-             row["target_prob"] if row["target_prob"] is not None else float("nan"), row["duration_ms"])
+    target = row.get("target")
+    if target is None or (isinstance(target, float) and target != target):  # a technique that explains no class
+        what = f"no target (predicted {row.get('predicted_name') or row.get('predicted')})"
+    else:
+        prob = row.get("target_prob")
+        value = f"p={prob:.3f}" if prob is not None else f"value={row.get('target_value')}"
+        what = f"target {target} ({row.get('target_name')}, {value})"
+    log.info("%s %s%s %s: %.0f ms", image, unit.method, f" @ {row['layer']}" if row["layer"] else "", what,
+             row["duration_ms"])
 
 
 def _item_rows(unit: Unit, base: dict, result: ItemResult, image: Optional[LoadedImage], output: RunOutput) -> list[dict]:
@@ -359,10 +423,12 @@ def _explanation(unit: Unit, base: dict, result: ItemResult, image: LoadedImage,
             "duration_ms": round(result.ms / len(result.attributions), 1)}
     if plan.metrics:
         meta["metric_params"] = metric_record(plan.metrics)
+    if isinstance(unit.target, DetectionItem):
+        meta["detection"] = unit.target  # its columns, file names and box: cnnviz.output.items
     method = plan.methods[unit.method]
     return Explanation(image.name, image.picture, result.attributions, method.renders, plan.model.class_names, meta,
                        method.writes + writes_of(plan.metrics), original_size=image.size, preprocess=plan.preprocess,
-                       warnings=image.warnings)
+                       warnings=image.warnings, target_kind=unit.target)
 
 
 def metric_record(metrics: dict) -> str:

@@ -15,14 +15,17 @@ MISSING = "???"
 
 @dataclass
 class PreprocessConfig:
-    input_size: int = 224
+    """null in ``input_size``, ``crop_pct``, ``interpolation``, ``mean`` or ``std`` (conf/model/timm.yaml):
+    the value of the timm model's pretrained configuration (``cnnviz.app.plan.resolve_preprocess``)."""
+
+    input_size: Optional[int] = 224
     #: center_crop: shorter side to input_size / crop_pct, then a centred square crop;
     #: stretch: resize to a square; keep_aspect: shorter side to input_size, no crop (non-square).
     resize: str = "center_crop"
-    crop_pct: float = 0.875
-    interpolation: str = "bilinear"
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    crop_pct: Optional[float] = 0.875
+    interpolation: Optional[str] = "bilinear"
+    mean: Optional[List[float]] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: Optional[List[float]] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
 
 @dataclass
@@ -38,6 +41,15 @@ class ModelConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     #: parallel streams for integrated gradients / SmoothGrad on CPU (cnnviz.speed.streams); 1 = none
     streams: int = 1
+    #: [h, w]: the patch-token grid of a transformer's (B, N, C) layer outputs, where it cannot be inferred
+    #: from the model (cnnviz.core.tokens); null = inferred
+    token_grid: Optional[List[int]] = None
+    #: detectors (model=torchvision_detection): detections scoring at least this are explained
+    score_threshold: Optional[float] = None
+    #: detectors: at most this many detections per image, best first
+    max_detections: Optional[int] = None
+    #: detectors: renders of each detection's map normalised inside its box
+    per_box: Optional[bool] = None
 
 
 @dataclass

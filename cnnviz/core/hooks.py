@@ -75,6 +75,23 @@ def relu_modules(model: nn.Module, only_under: Optional[str] = None) -> list[tup
     ]
 
 
+#: where activation modules are defined: torch's own, and timm's (GELU, Swish, HardSwish, ... of its own)
+_ACTIVATION_MODULES = ("torch.nn.modules.activation", "timm.layers.activations")
+
+
+def other_nonlinearities(model: nn.Module, only_under: Optional[str] = None) -> list[tuple[str, nn.Module]]:
+    """Activation modules other than the ReLU family (GELU, SiLU, Hardswish, Sigmoid, Tanh, LeakyReLU,
+    softmax attention, ...), under ``only_under`` when set: guided backprop and deconvnet define no
+    rule for them."""
+    prefix = None if not only_under else only_under + "."
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if not isinstance(m, RELU_FAMILY) and type(m).__module__.startswith(_ACTIVATION_MODULES)
+        and (prefix is None or name.startswith(prefix))
+    ]
+
+
 class _DeconvGate(torch.autograd.Function):
     """Forward: the module's output. Backward: max(grad, 0) straight to the module's input,
     bypassing the module's own derivative (Zeiler & Fergus' deconvnet rule)."""
@@ -115,8 +132,27 @@ def relu_rule(model: nn.Module, rule: str, only_under: Optional[str] = None, met
     module first drops negative gradients, so grad_in = f'(x) * max(grad_out, 0).
     ``deconvnet``: grad_in = max(grad_out, 0), whatever the sign of the forward input.
     With ``required=False`` a model without such modules runs with its ordinary backward.
+
+    A model (or ``only_under`` scope) with other activation modules (GELU, SiLU, Hardswish, Sigmoid,
+    ...) is refused, naming them, with or without ReLUs beside them: the papers define these rules on
+    ReLU networks only, and running the plain backward through the other nonlinearities would pass a
+    partly plain gradient off as guided.
     """
     found = relu_modules(model, only_under)
+    others = other_nonlinearities(model, only_under)
+    if others:
+        name = method or {"guided": "guided backprop", "deconvnet": "deconvnet"}.get(rule, rule)
+        kinds = sorted({type(m).__name__ for _, m in others})
+        shown = ", ".join(f"'{n}'" for n, _ in others[:3]) + (f", ... {len(others) - 3} more" if len(others) > 3 else "")
+        where = f" under '{only_under}'" if only_under else ""
+        has = (f"has {', '.join(kinds)} activations beside its {len(found)} ReLU-family modules" if found else
+               f"has none: it has {', '.join(kinds)} activations")
+        raise ConfigError(
+            f"{name} has a backward rule for ReLU-family modules (nn.ReLU, nn.ReLU6) only, but the model{where} "
+            f"{has} ({shown}); the rule is not defined for them, and the plain "
+            f"gradient through them is not {name}. Use vanilla_backprop, integrated_gradients or a CAM (gradcam), or "
+            "restrict the rule to a part of the model that holds only ReLUs (method.<name>.only_under=<sub-module>)"
+        )
     if not found and required:
         where = f" under '{only_under}'" if only_under else ""
         raise ConfigError(

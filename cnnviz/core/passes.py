@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Optional, Sequence, Union
 
 import torch
@@ -77,6 +77,9 @@ class Pass:
     activations: dict[str, torch.Tensor]
     gradients: dict[str, torch.Tensor]
     input_gradient: Optional[torch.Tensor]
+    #: how each layer's output holds its spatial map (``cnnviz.core.tokens.Layout``), for the layers
+    #: a CAM has viewed as ``(B, C, h, w)``; empty in a pass as recorded
+    layouts: dict = field(default_factory=dict)
 
 
 def gradient_pass(

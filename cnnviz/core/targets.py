@@ -41,3 +41,49 @@ def target_score(target: Target, logits: torch.Tensor) -> tuple[torch.Tensor, tu
         return target(logits).sum(), ()
     idx = class_indices(target, logits)
     return logits.gather(-1, idx[:, None]).sum(), tuple(int(i) for i in idx)
+
+
+class OutputScore:
+    """A target that is one continuous output of the model, not a class: each image's score is
+    ``output[:, index]``, taken as it is (no softmax).
+
+    It is a callable on the model's output, which the call contract already accepts, so every
+    technique runs it unchanged and treats it as a raw score: Score-CAM weighs by the output itself
+    instead of a softmax probability, and the class-probability metrics (deletion, insertion) skip
+    it with a warning instead of measuring a probability that does not exist. ``kind`` and ``label``
+    say what the output is (``output`` / ``output 3``; ``similar_to`` / ``similar_to ref.jpg``) and
+    ``request`` how it was asked for, which is what the manifest's ``target_request`` records.
+
+    Example: the third output of a regression head, ``OutputScore(3, "output", "output 3", "{output: 3}")``.
+    """
+
+    def __init__(self, index: int, kind: str, label: str, request: str):
+        self.index, self.kind, self.label, self.request = int(index), str(kind), str(label), str(request)
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        if output.ndim != 2 or not 0 <= self.index < output.shape[1]:
+            raise ConfigError(f"target {self.request}: the model's output has shape {tuple(output.shape)}, "
+                              f"there is no output {self.index}")
+        return output[:, self.index]
+
+    def _key(self) -> tuple:
+        return (self.index, self.kind, self.label, self.request)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, OutputScore) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __str__(self) -> str:
+        return self.request
+
+    def __repr__(self) -> str:
+        return f"OutputScore({self.index}, {self.kind!r}, {self.label!r}, {self.request!r})"
+
+    def columns(self, output: np.ndarray) -> dict:
+        """The manifest's target columns for one image's ``(1, K)`` output: the output index and
+        what it is, its value, and no class, prediction or probability (none exists)."""
+        return {"target": self.index, "target_name": self.label, "target_kind": self.kind,
+                "target_value": float(output[0, self.index]), "target_prob": None,
+                "predicted": None, "predicted_name": "", "predicted_prob": None}

@@ -24,15 +24,18 @@ from ..core.layers import resolve_layer
 from ..core.passes import target_scores
 from ..speed.fastpath import forward_fn
 from ..core.registry import register
+from ..core.tokens import NCHW, Layout
 from .base import CAMMethod
 
 MODES = ("expand", "full")
 
 
-def _ablate(out: torch.Tensor, channels: torch.Tensor, expand: bool) -> torch.Tensor:
+def _ablate(out: torch.Tensor, channels: torch.Tensor, expand: bool, layout: Layout = NCHW) -> torch.Tensor:
     n = len(channels)
     out = out.expand(n, *out.shape[1:]).clone() if expand else out.clone()
-    out[torch.arange(n, device=out.device), channels.to(out.device)] = 0
+    # through the (B, C, h, w) view, which writes into ``out``: A_k of a token layer is channel k of
+    # the patch tokens (prefix tokens are not part of the map and are kept)
+    layout.spatial(out)[torch.arange(n, device=out.device), channels.to(out.device)] = 0
     return out
 
 
@@ -44,8 +47,8 @@ class AblationCAM(CAMMethod):
     batch_size: int = param(64, min=1)
     mode: str = param("expand", choices=MODES)
 
-    def ablated_scores(self, forward, x1, module, channels, target, index, expand: bool) -> torch.Tensor:
-        with replaced_output(module, lambda out: _ablate(out, channels, expand)):
+    def ablated_scores(self, forward, x1, module, channels, target, index, expand: bool, layout: Layout = NCHW) -> torch.Tensor:
+        with replaced_output(module, lambda out: _ablate(out, channels, expand, layout)):
             logits = forward(x1 if expand else x1.expand(len(channels), *x1.shape[1:]))
         return target_scores(target, logits, [index] if index is not None else [])
 
@@ -55,6 +58,7 @@ class AblationCAM(CAMMethod):
         net, forward = forward_fn(model, x, [layer])
         module = resolve_layer(net, layer)
         acts = p.activations[layer]
+        layout = p.layouts.get(layer, NCHW)
         maps = []
         with model_state_kept(net):
             for b in range(acts.shape[0]):
@@ -67,12 +71,12 @@ class AblationCAM(CAMMethod):
                 expand = self.mode == "expand"
                 for chunk in torch.arange(acts.shape[1], device=acts.device).split(self.batch_size):
                     try:
-                        scores = self.ablated_scores(forward, x1, module, chunk, target, index, expand)
+                        scores = self.ablated_scores(forward, x1, module, chunk, target, index, expand, layout)
                     except RuntimeError:
                         if not expand:
                             raise
                         expand = False  # this model mixes batch sizes downstream of the layer
-                        scores = self.ablated_scores(forward, x1, module, chunk, target, index, expand)
+                        scores = self.ablated_scores(forward, x1, module, chunk, target, index, expand, layout)
                     ablated[chunk] = scores.to(ablated.dtype)
                 weights = (base - ablated) / base if base != 0 else torch.zeros_like(ablated)
                 maps.append(torch.einsum("c,chw->hw", weights, acts[b]))

@@ -16,6 +16,7 @@ from ..speed.memory import reusing_when_asked
 from ..core.hooks import model_state_kept
 from ..core.passes import PLAIN, BackwardRule, Pass, PassRequest, activation_pass, shared_passes
 from ..core.targets import Target, class_indices
+from ..core.tokens import layout_of
 from ..speed.fastpath import forward_fn
 
 
@@ -60,6 +61,10 @@ class Method:
     #: the runner calls the technique image by image (its results summarise a batch, or it is
     #: computed image by image anyway).
     batch_rows: ClassVar[bool] = True
+    #: None: the technique runs on any classifier. Otherwise the model family it needs (e.g.
+    #: ``"vision_transformer"``): ``check(model)`` refuses other models, naming the family, and the
+    #: registry-generated tests on TinyCNN test it on its own family instead.
+    model_family: ClassVar[Optional[str]] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -200,14 +205,6 @@ class PerturbationMethod(Method):
         )
 
 
-def require_4d(layer: str, t: torch.Tensor, method: str) -> None:
-    if t.ndim != 4:
-        raise ConfigError(
-            f"{method} needs a convolutional layer whose output is (B, C, H, W), but layer "
-            f"'{layer}' outputs shape {tuple(t.shape)}; choose an earlier layer (layer=...)"
-        )
-
-
 def require_finite(layer: str, t: torch.Tensor, method: str) -> None:
     """Refuse a layer whose activations hold NaN/±Inf: every map made from them is NaN, and some
     techniques would fail on them with a message that does not say why (an SVD that does not converge)."""
@@ -216,6 +213,20 @@ def require_finite(layer: str, t: torch.Tensor, method: str) -> None:
             f"{method} at layer '{layer}': the layer's activations are not finite "
             f"({non_finite_counts(t.detach().cpu().numpy())}); the model overflows there for this input: "
             "choose another layer (layer=...) or check the model's weights")
+
+
+def spatial_pass(model: nn.Module, x: torch.Tensor, p: Pass, layers: Sequence[str], method: str) -> Pass:
+    """``p`` with the activations and gradients of ``layers`` as ``(B, C, h, w)`` views and their
+    layouts in ``Pass.layouts`` (``cnnviz.core.tokens``); a ConfigError for a layer without a spatial map."""
+    layouts = {}
+    for layer in layers:
+        try:
+            layouts[layer] = layout_of(model, layer, p.activations[layer], tuple(x.shape))
+        except ConfigError as e:
+            raise ConfigError(f"{method}: {e}") from None
+    activations = {**p.activations, **{l: layouts[l].spatial(p.activations[l]) for l in layers}}
+    gradients = {**p.gradients, **{l: layouts[l].spatial(p.gradients[l]) for l in layers if l in p.gradients}}
+    return dataclasses.replace(p, activations=activations, gradients=gradients, layouts={**p.layouts, **layouts})
 
 
 @dataclasses.dataclass
@@ -266,8 +277,10 @@ class CAMMethod(Method):
         return self.finish_all(model, x, passes[PLAIN], layers, target)
 
     def finish_all(self, model, x, p: Pass, layers: Sequence[str], target: Target) -> list[Attribution]:
+        # the one place where layer outputs become (B, C, h, w) maps: transformer tokens and channels-last
+        # maps are viewed as such (cnnviz.core.tokens), the same view for activations and gradients
+        p = spatial_pass(model, x, p, layers, self.name)
         for layer in layers:
-            require_4d(layer, p.activations[layer], self.name)
             require_finite(layer, p.activations[layer], self.name)
         return [self.finish(self.layer_map(model, x, p, layer, target), p, layer, tuple(x.shape[-2:])) for layer in layers]
 

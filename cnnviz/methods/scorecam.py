@@ -1,7 +1,8 @@
 """Score-CAM (Wang et al. 2020, arXiv:1910.01279).
 
     M_k = minmax(upsample(A_k))             (channels with constant A_k are skipped: weight 0)
-    s_k = softmax(f(x ⊙ M_k))_c              (a callable target is applied to the logits instead)
+    s_k = softmax(f(x ⊙ M_k))_c              (a callable target is applied to the logits instead, and a
+                                              model with ``output_is_score`` is read without softmax)
     map = ReLU(Σ_k s_k A_k)
 
 Masked inputs are evaluated ``batch_size`` at a time under ``torch.inference_mode``, the masked
@@ -53,7 +54,10 @@ class ScoreCAM(CAMMethod):
                 up_hi = up.flatten(1).amax(dim=1).view(-1, 1, 1)
                 masks = (up - up_lo) / (up_hi - up_lo).clamp(min=torch.finfo(up.dtype).tiny)
                 logits = forward(x[image] * masks[:, None])
-                probs = logits if callable(target) else logits.softmax(dim=-1)
+                # a callable target, or a model whose outputs are scores already (a detection's), is
+                # read as it is: a softmax across detections would mean nothing
+                direct = callable(target) or bool(getattr(model, "output_is_score", False))
+                probs = logits if direct else logits.softmax(dim=-1)
                 which = [p.target[b] for b in image.tolist()] if p.target else []
                 scores[image, channel] = target_scores(target, probs, which).to(scores.dtype)
         return torch.einsum("bc,bchw->bhw", scores, acts)

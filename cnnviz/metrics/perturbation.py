@@ -66,18 +66,19 @@ def _check_map(saliency_map: np.ndarray, x: torch.Tensor) -> None:
 
 def perturbation_curve(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, saliency_map: np.ndarray,
                        target: int, mode: str, steps: int = 50, substrate: Optional[torch.Tensor] = None,
-                       batch_size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                       batch_size: int = 16, seed: int = 0, scores: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(fraction of pixels changed, target probability)``, ``steps + 1`` points each, for
-    ``mode`` = ``deletion`` or ``insertion``; ``batch_size`` perturbed images per forward pass."""
+    ``mode`` = ``deletion`` or ``insertion``; ``batch_size`` perturbed images per forward pass.
+    ``scores``: the model's outputs are scores already (a detection's), taken without softmax."""
     fraction, probs = perturbation_curves(forward, [x], [saliency_map], [target], mode, steps,
-                                          None if substrate is None else [substrate], batch_size, seed)
+                                          None if substrate is None else [substrate], batch_size, seed, scores)
     return fraction, probs[0]
 
 
 def perturbation_curves(forward: Callable[[torch.Tensor], torch.Tensor], xs: Sequence[torch.Tensor],
                         saliency_maps: Sequence[np.ndarray], targets: Sequence[int], mode: str, steps: int = 50,
                         substrates: Optional[Sequence[torch.Tensor]] = None, batch_size: int = 16,
-                        seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+                        seed: int = 0, scores: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
     """``perturbation_curve`` of several images ``(1, C, H, W)`` of one size at once:
     ``(fraction, [probability curve of each image])``. The perturbed copies of all images go
     through ``forward`` together, image after image, ``batch_size`` per forward pass, so a pass
@@ -124,9 +125,15 @@ def perturbation_curves(forward: Callable[[torch.Tensor], torch.Tensor], xs: Seq
             if not 0 <= int(targets[j]) < classes:
                 raise IndexError(f"target class {targets[j]} is out of range for a model with {classes} classes")
         index = torch.tensor([int(targets[j]) for j in rows], device=logits.device)
-        p = torch.softmax(logits.double(), dim=-1)
+        p = logits.double() if scores else torch.softmax(logits.double(), dim=-1)
         flat[start:stop] = p[torch.arange(len(rows), device=logits.device), index].cpu().numpy()
     return bounds / n, list(probs)
+
+
+def _direct(sample: Sample) -> bool:
+    """Whether the sample's model outputs scores already (``output_is_score``, e.g. a detection
+    wrapper's per-detection scores): a softmax across them would mean nothing."""
+    return bool(getattr(sample.model, "output_is_score", False))
 
 
 def auc(fraction: np.ndarray, values: np.ndarray) -> float:
@@ -177,7 +184,7 @@ class PerturbationMetric(Metric):
             return self._skipped()
         x, saliency_map, sub = self._inputs(sample)
         fraction, prob = perturbation_curve(sample.forward, x, saliency_map, sample.target, self.mode, self.steps, sub,
-                                            self.batch_size, self.seed)
+                                            self.batch_size, self.seed, _direct(sample))
         return self._result(fraction, prob)
 
     def batch(self, samples: list[Sample]) -> list[MetricResult]:
@@ -198,13 +205,13 @@ class PerturbationMetric(Metric):
                 results[i] = MetricResult(error=e)
                 continue
             x = inputs[0]
-            groups.setdefault((sample.forward, tuple(x.shape), x.device, x.dtype), []).append((i, inputs))
-        for (forward, *_), members in groups.items():
+            groups.setdefault((sample.forward, tuple(x.shape), x.device, x.dtype, _direct(sample)), []).append((i, inputs))
+        for (forward, *_, direct), members in groups.items():
             try:
                 fraction, probs = perturbation_curves(
                     forward, [m[1][0] for m in members], [m[1][1] for m in members],
                     [samples[i].target for i, _ in members], self.mode, self.steps, [m[1][2] for m in members],
-                    self.batch_size, self.seed)
+                    self.batch_size, self.seed, direct)
             except Exception:
                 # a shared pass has no single culprit: alone, each sample fails or succeeds on its own
                 for i, res in zip((i for i, _ in members), Metric.batch(self, [samples[i] for i, _ in members])):

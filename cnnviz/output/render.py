@@ -195,6 +195,60 @@ def label_legend(labels: np.ndarray, colors: np.ndarray, names: list[str], backg
     return image
 
 
+#: the colour boxes are drawn in (pure green: no jet colour blended over a picture is exactly it)
+BOX_COLOR = (0, 255, 0)
+
+
+def draw_boxes(img: np.ndarray, boxes, labels=(), color: tuple[int, int, int] = BOX_COLOR, width: int = 2) -> np.ndarray:
+    """A copy of the ``(H, W, 3)`` uint8 ``img`` with each box ``(x0, y0, x1, y1)`` (pixels, x1/y1
+    exclusive) outlined ``width`` pixels wide in ``color``, inside the box, and its label (if any)
+    written on a filled strip at its top-left corner -> ``(H, W, 3)`` uint8."""
+    from PIL import Image, ImageDraw
+
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"draw_boxes takes an (H, W, 3) image, got shape {img.shape}")
+    h, w = img.shape[:2]
+    out = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
+    draw = ImageDraw.Draw(out)
+    labels = list(labels) + [""] * (len(boxes) - len(labels))
+    for box, label in zip(boxes, labels):
+        x0, y0 = int(np.clip(round(box[0]), 0, w - 1)), int(np.clip(round(box[1]), 0, h - 1))
+        x1, y1 = int(np.clip(round(box[2]) - 1, x0, w - 1)), int(np.clip(round(box[3]) - 1, y0, h - 1))
+        draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
+        if label:
+            left, top, right, bottom = draw.textbbox((x0 + width, y0 + width), str(label))
+            draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=color)
+            draw.text((x0 + width, y0 + width), str(label), fill=(0, 0, 0))
+    return np.asarray(out, dtype=np.uint8).copy()
+
+
+def _box_slices(box, h: int, w: int) -> tuple[slice, slice]:
+    """Rows and columns of ``box`` (x0, y0, x1, y1; x1/y1 exclusive), whole pixels covering it, at
+    least one of each, clipped to an ``h`` x ``w`` map."""
+    x0, y0 = int(np.clip(np.floor(box[0]), 0, w - 1)), int(np.clip(np.floor(box[1]), 0, h - 1))
+    x1, y1 = int(np.clip(np.ceil(box[2]), x0 + 1, w)), int(np.clip(np.ceil(box[3]), y0 + 1, h))
+    return slice(y0, y1), slice(x0, x1)
+
+
+def normalised_in_box(cam: np.ndarray, box) -> np.ndarray:
+    """``(H, W)`` map min-max normalised over the pixels of ``box`` (x0, y0, x1, y1; x1/y1
+    exclusive), 0 outside it: how the map ranks the pixels of one detection, whatever it does
+    elsewhere -> ``(H, W)`` float64 in [0, 1]."""
+    rows, cols = _box_slices(box, *cam.shape)
+    out = np.zeros(cam.shape, np.float64)
+    out[rows, cols] = _minmax(cam[rows, cols])
+    return out
+
+
+def inside_box(values: np.ndarray, box) -> np.ndarray:
+    """``(..., H, W)`` input-space map with every value outside ``box`` set to 0: its renders (which
+    scale to the map's range) then scale to the box's values -> same shape and dtype."""
+    rows, cols = _box_slices(box, *values.shape[-2:])
+    out = np.zeros_like(values)
+    out[..., rows, cols] = values[..., rows, cols]
+    return out
+
+
 #: Render kinds a method may list: name -> function(values, upsampled map, image, options).
 RENDERERS: dict[str, Callable[..., np.ndarray]] = {
     "color": lambda g, cam, img, o: colored_gradient(g),

@@ -52,6 +52,11 @@ class Item:
     class_names: Sequence[str] = ()
     #: a box in input pixels -> the same box in original-image pixels; None: boxes stay in input pixels
     to_original: Optional[Callable[[Sequence[float]], Sequence[float]]] = None
+    #: ``((x0, y0, x1, y1), caption)`` in input pixels, drawn on every colour render of the input's
+    #: size (a detection's box); ``per_box``: the renders of a CAM normalised inside the first box,
+    #: those of an input-space map made from its values inside the box (0 outside)
+    boxes: tuple = ()
+    per_box: bool = False
 
     @property
     def values(self) -> np.ndarray:
@@ -84,7 +89,17 @@ def writer(name: str):
 
 @writer("render")
 def _render(item: Item, kind: str) -> dict[str, Any]:
-    return item.file(kind, f"{item.stem}_{kind}.png", render.RENDERERS[kind](item.values, item.cam, item.picture, item.options))
+    values, cam = item.values, item.cam
+    if item.per_box and item.boxes:  # the raw arrays stay as computed; only the pictures change
+        box = item.boxes[0][0]
+        if cam is not None:
+            cam = render.normalised_in_box(cam, box)
+        else:
+            values = render.inside_box(values, box)
+    img = render.RENDERERS[kind](values, cam, item.picture, item.options)
+    if item.boxes and img.ndim == 3 and img.shape[:2] == item.picture.shape[:2]:
+        img = render.draw_boxes(img, [b for b, _ in item.boxes], [c for _, c in item.boxes])
+    return item.file(kind, f"{item.stem}_{kind}.png", img)
 
 
 @writer("raw")
