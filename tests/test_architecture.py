@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "cnnviz"
-ROLES = ("core", "methods", "metrics", "models", "data", "output", "speed", "app")
+ROLES = ("core", "methods", "metrics", "models", "data", "output", "speed", "app", "benchmark")
 
 
 def module_name(path: Path) -> str:
@@ -71,7 +71,8 @@ ALLOWED = {
     "metrics": {"core", "metrics", "speed"},
     "speed": {"core", "speed"},
     "data": {"core", "data"},
-    "models": {"core", "models", "output"},
+    "models": {"core", "models", "output", "benchmark"},
+    "benchmark": {"core", "data", "benchmark"},
     "output": {"core", "output", "metrics"},
 }
 

@@ -263,6 +263,14 @@ def test_summary_ranks_methods_and_layers_by_insertion_minus_deletion():
     assert summarize(hand_made_manifest().drop(columns=["insertion_auc", "deletion_auc"])).empty
 
 
+def test_summary_ranks_by_the_first_measured_metric_when_none_of_the_preferred_ones_was_measured():
+    frame = hand_made_manifest().drop(columns=["insertion_auc", "deletion_auc"])
+    frame["road_morf"] = [0.3, 0.3, 0.3, 0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.5, 0.5, 0.5, None]  # lower is better
+    table = summarize(frame)
+    assert table.attrs["ranked_by"] == "road_morf"
+    assert list(zip(table.method, table.layer))[0] == ("a", "l2") and list(table["rank"]) == [1, 2, 3, 4]
+
+
 def test_gallery_caption_shows_the_metrics():
     from cnnviz.output.gallery import caption
 

@@ -285,12 +285,26 @@ class CAMMethod(Method):
         return [self.finish(self.layer_map(model, x, p, layer, target), p, layer, tuple(x.shape[-2:])) for layer in layers]
 
     def finish(self, cam: torch.Tensor, p: Pass, layer: str, size: tuple[int, int]) -> Attribution:
+        blanked = torch.zeros(cam.shape[0], dtype=torch.bool)
+        acts = p.activations.get(layer)
+        if self.relu and acts is not None and acts.shape[0] == cam.shape[0]:
+            # a map that was negative everywhere at a layer with negative activations (a conv or
+            # BatchNorm output before its ReLU): non-negative channel weights (Grad-CAM++'s) on
+            # negative activations give it, and the ReLU below blanks it; the warning says so
+            flat = cam.detach().flatten(1)
+            negative = acts.detach().flatten(1).amin(dim=1) < 0
+            blanked = ((flat.amax(dim=1) <= 0) & (flat.amin(dim=1) < 0) & negative).cpu()
         if self.relu:
             cam = cam.clamp(min=0)
         # a NaN/Inf map is refused where the Attribution is built, never drawn as zeros
-        zero = (f"{self.name} map at {layer} is all zero",)
-        warnings = () if torch.any(cam != 0) else zero
-        each = [bool(torch.any(row != 0)) for row in cam] if cam.shape[0] > 1 else []
+        zero = f"{self.name} map at {layer} is all zero"
+        why = (f"{zero}: before the ReLU it was negative everywhere, and the layer has negative activations "
+               f"(a layer before its activation function): positive channel weights on negative activations give "
+               f"a negative map, which the ReLU blanks; choose a layer after its activation (its ReLU or the "
+               f"block's output), or set method.{self.name}.relu=false to keep the signed map")
+        rows = [() if bool(torch.any(row != 0)) else ((why if bool(blanked[i]) else zero),) for i, row in enumerate(cam)]
+        warnings = () if any(not r for r in rows) else tuple(dict.fromkeys(w for r in rows for w in r))
+        each = rows if cam.shape[0] > 1 else []
         return Attribution(
             method=self.name,
             values=to_numpy(cam),
@@ -300,7 +314,7 @@ class CAMMethod(Method):
             upsampled=to_numpy(upsample(cam, size)),
             params=self.params(),
             warnings=warnings,
-            per_row=tuple({"warnings": () if nonzero else zero} for nonzero in each),
+            per_row=tuple({"warnings": r} for r in each),
         )
 
     def attribute(self, model, x, target, layer):

@@ -6,6 +6,11 @@ derivative g = dS_c/dA and the common factor exp(S_c) cancels:
     a_kij = g_kij² / (2 g_kij² + Σ_ab A_kab g_kij³)     (0 where g_kij = 0)
     w_k   = Σ_ij a_kij · ReLU(g_kij)                    map = ReLU(Σ_k w_k A_k)
 
+The weights are ≥ 0 wherever the denominator is positive, so at a layer before its activation
+function (a conv or BatchNorm output, whose activations may be negative) the map can be negative
+everywhere, and the final ReLU blanks it. The row's warning then says so and suggests a layer after
+the activation, or ``relu: false`` (``CAMMethod.finish``).
+
 Example::
 
     attr = get_method("gradcam_plusplus")()(model, x, target=243, layer="bn2")

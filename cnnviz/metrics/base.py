@@ -22,7 +22,10 @@ class Sample:
     normalised ``(1, C, H, W)`` input. ``forward``: logits of a batch, without gradients.
     ``explain``: the same technique's map (as ``saliency`` reduces it) on another model, for the
     randomisation test. ``baseline``: the technique's reference input (integrated gradients).
-    ``mask``: boolean ``(H, W)`` object region in input pixels (pointing game).
+    ``mask``: boolean ``(H, W)`` object region in input pixels (pointing game). ``explain_input``:
+    the same technique, model, layer and class on other inputs ``(n, C, H, W)`` -> their raw maps
+    as ``values`` / ``cam`` hold them, ``(n, C, H, W)`` for input-space techniques or ``(n, H, W)``
+    for CAMs upsampled (max-sensitivity, which needs maps of perturbed inputs).
     """
 
     method: str
@@ -35,6 +38,7 @@ class Sample:
     explain: Optional[Callable[[nn.Module], np.ndarray]] = None
     baseline: Optional[torch.Tensor] = None
     mask: Optional[np.ndarray] = None
+    explain_input: Optional[Callable[[torch.Tensor], np.ndarray]] = None
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """``deletion``: area under the target probability as the most salient pixels are removed first
 (Petsiuk et al. 2018, RISE); lower is better. See ``cnnviz.metrics.perturbation``.
 
+``substrate: rise`` deletes to zeros in the model's normalised space,
+the paper's protocol (``perturbation`` says how it differs from ``blur``).
+
 Example: ``python run.py metrics=deletion metrics.deletion.steps=20 metrics.deletion.substrate=black``
 """
 from __future__ import annotations

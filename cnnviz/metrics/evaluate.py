@@ -55,6 +55,27 @@ def _explainer(method: Any, attr: Attribution, x: torch.Tensor, layers: Sequence
     return explain
 
 
+def _input_explainer(method: Any, attr: Attribution, model: nn.Module):
+    """The same technique, model, layer and class on other inputs ``(n, C, H, W)`` -> their raw
+    maps, ``(n, C, H, W)`` or, for a CAM, ``(n, H, W)`` upsampled (as ``Sample.values`` / ``cam``)."""
+    target = attr.target[0] if attr.target else None
+
+    def explain_input(xs: torch.Tensor) -> np.ndarray:
+        targets = None if target is None else [target] * xs.shape[0]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # techniques that draw noise draw the same on every input
+            if not method.needs_layer:
+                out = method(model, xs, targets)
+            else:
+                found = [a for a in method.attribute_layers(model, xs, targets, [attr.layer]) if a.layer == attr.layer]
+                if not found:
+                    raise ValueError(f"{attr.method} gave no map for layer {attr.layer} on the perturbed inputs")
+                out = found[0]
+        return out.values if out.upsampled is None else out.upsampled
+
+    return explain_input
+
+
 def _sample(attr: Attribution, x: torch.Tensor, model: nn.Module, forward, method: Any, layers: Sequence[str],
             mask: Optional[np.ndarray], warnings: list[str]) -> Sample:
     """The first image of ``attr`` measured on ``x`` (one image); a missing baseline is a warning."""
@@ -68,6 +89,7 @@ def _sample(attr: Attribution, x: torch.Tensor, model: nn.Module, forward, metho
         method=attr.method, values=attr.values[0], cam=None if attr.upsampled is None else attr.upsampled[0], x=x,
         target=attr.target[0] if attr.target else None, forward=forward, model=model,
         explain=_explainer(method, attr, x, layers) if method is not None else None, baseline=baseline, mask=mask,
+        explain_input=_input_explainer(method, attr, model) if method is not None else None,
     )
 
 

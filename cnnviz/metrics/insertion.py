@@ -2,6 +2,9 @@
 onto the substrate (Petsiuk et al. 2018, RISE); higher is better. See
 ``cnnviz.metrics.perturbation``.
 
+``substrate: rise`` inserts onto RISE's gkern(11, 5) blur,
+the paper's protocol (``perturbation`` says how it differs from ``blur``).
+
 Example: ``python run.py metrics=insertion metrics.insertion.steps=20``
 """
 from __future__ import annotations

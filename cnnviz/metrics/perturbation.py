@@ -8,8 +8,21 @@ fraction of changed pixels 0 … 1); the metric is its area (trapezoid rule on [
 map has a low deletion AUC (the class dies fast) and a high insertion AUC.
 
 Substrates, in the model's normalised input space: ``black`` (pixel value 0), ``mean`` (the image's
-mean colour), ``blur`` (Gaussian blur of x, σ = ``blur_sigma`` input pixels; RISE's insertion
-substrate).
+mean colour), ``blur`` (Gaussian blur of x, σ = ``blur_sigma`` input pixels, a 6σ + 1 kernel — 31 px
+at σ = 5 — with reflected borders), ``zeros`` (0 in the normalised space: the dataset's mean colour),
+``rise_blur`` (RISE's own blur, below).
+
+The ``rise`` preset (``substrate: rise``) is the protocol of RISE's evaluation code, so AUCs can be set
+beside the paper's: deletion to ``zeros``, insertion from ``rise_blur`` — ``conv2d`` of the normalised
+image with ``gkern(11, 5)`` and zero padding. ``gkern(11, 5)`` is scipy's ``gaussian_filter`` (σ = 5)
+of a centred delta on an 11 × 11 grid with reflected borders: the Gaussian's tails beyond ±5 px fold
+back into the window, so the kernel sums to 1 but is nearly flat (its corner weighs 0.88 of its
+centre; a truncated σ = 5 Gaussian's corner weighs 0.37), close to an 11-px box filter: a weaker
+blur than ``blur``'s 31-px Gaussian (a spread of 3.1 px against 5), and zero padding darkens the
+borders towards the mean colour. The AUCs of the two protocols are not interchangeable (deletion
+moves most: zeros and a blur are different substrates). RISE also took 224 · 8 pixels per step
+(``steps: 28`` at 224 px) and its model's top-1 class as the target; the preset sets the substrates
+only, ``steps`` and ``target`` stay as configured.
 
 ``perturbation_curves`` computes the curves of several images at once, their perturbed copies
 sharing the model's forward passes (``batch_size`` perturbed images each); the deletion and
@@ -35,8 +48,24 @@ from ..core.errors import ConfigError, unknown
 from ..core.inputspace import pixel_bounds
 from .base import Metric, MetricResult, Sample, saliency
 
-SUBSTRATES = ("blur", "black", "mean")
+SUBSTRATES = ("blur", "black", "mean", "zeros", "rise_blur")
+#: presets: one substrate per mode, the protocol of a paper
+PRESETS = {"rise": {"deletion": "zeros", "insertion": "rise_blur"}}
 REDUCE = ("abs", "signed")
+#: RISE's blur kernel, ``gkern(klen=11, nsig=5)`` in its evaluation code
+RISE_KERNEL, RISE_SIGMA = 11, 5.0
+
+
+def rise_kernel(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """RISE's ``gkern(11, 5)``: ``scipy.ndimage.gaussian_filter`` (σ = 5, reflected borders) of a
+    centred delta on an 11 × 11 grid, ``(11, 11)``; it sums to 1. Computed in float64 from the
+    separable 1-D filter, then cast."""
+    from scipy.ndimage import gaussian_filter1d
+
+    delta = np.zeros(RISE_KERNEL)
+    delta[RISE_KERNEL // 2] = 1.0
+    k1 = gaussian_filter1d(delta, RISE_SIGMA, mode="reflect")
+    return torch.from_numpy(np.outer(k1, k1)).to(dtype)
 
 
 def make_substrate(x: torch.Tensor, kind: str, blur_sigma: float = 5.0, mean=None, std=None) -> torch.Tensor:
@@ -49,6 +78,13 @@ def make_substrate(x: torch.Tensor, kind: str, blur_sigma: float = 5.0, mean=Non
         # 3 sigma, but reflect padding needs the kernel radius below the image size
         radius = max(1, min(int(round(3 * blur_sigma)), min(x.shape[-2:]) - 1))
         return TF.gaussian_blur(x, [2 * radius + 1] * 2, [float(blur_sigma)] * 2)
+    if kind == "zeros":
+        return torch.zeros_like(x)
+    if kind == "rise_blur":
+        # each channel by itself (RISE's kernel is diagonal across channels), zero padding as its conv2d
+        c = x.shape[1]
+        weight = rise_kernel(x.dtype).to(x.device).expand(c, 1, RISE_KERNEL, RISE_KERNEL)
+        return torch.nn.functional.conv2d(x, weight, padding=RISE_KERNEL // 2, groups=c)
     raise unknown("substrate", "metrics.<deletion|insertion>.substrate", kind, SUBSTRATES)
 
 
@@ -148,7 +184,8 @@ class PerturbationMetric(Metric):
 
     mode: ClassVar[str] = ""
     steps: int = param(50, min=1)
-    substrate: str = param("blur", choices=SUBSTRATES)
+    #: a substrate, or a preset naming one per mode (``rise``)
+    substrate: str = param("blur", choices=SUBSTRATES + tuple(PRESETS))
     blur_sigma: float = param(5.0, gt=0)
     batch_size: int = param(16, min=1)
     #: how an input-space map (C, H, W) becomes one value per pixel, see ``base.saliency``
@@ -158,8 +195,12 @@ class PerturbationMetric(Metric):
     input_std: Optional[list[float]] = param(None, gt=0)
 
     def check(self) -> None:
-        if self.substrate not in SUBSTRATES:
-            raise unknown("substrate", f"metrics.{self.name}.substrate", self.substrate, SUBSTRATES)
+        if self.substrate not in SUBSTRATES + tuple(PRESETS):
+            raise unknown("substrate", f"metrics.{self.name}.substrate", self.substrate, SUBSTRATES + tuple(PRESETS))
+        if self.substrate in ("rise", "rise_blur") and self.blur_sigma != RISE_SIGMA:
+            raise ConfigError(f"metrics.{self.name}.blur_sigma={self.blur_sigma}: substrate={self.substrate} is RISE's blur, "
+                              f"σ = {RISE_SIGMA:g} with an {RISE_KERNEL}-px kernel; leave blur_sigma at {RISE_SIGMA:g}, "
+                              "or use substrate=blur for another σ")
         if self.reduce not in REDUCE:
             raise unknown("reduction", f"metrics.{self.name}.reduce", self.reduce, REDUCE)
         if self.steps < 1 or self.batch_size < 1 or self.blur_sigma <= 0:
@@ -170,7 +211,8 @@ class PerturbationMetric(Metric):
         x = sample.x[:1].detach()
         saliency_map = saliency(sample, self.reduce)
         _check_map(saliency_map, x)
-        return x, saliency_map, make_substrate(x, self.substrate, self.blur_sigma, self.input_mean, self.input_std)
+        kind = PRESETS[self.substrate][self.mode] if self.substrate in PRESETS else self.substrate
+        return x, saliency_map, make_substrate(x, kind, self.blur_sigma, self.input_mean, self.input_std)
 
     def _result(self, fraction: np.ndarray, prob: np.ndarray) -> MetricResult:
         return MetricResult({f"{self.name}_auc": auc(fraction, prob)},

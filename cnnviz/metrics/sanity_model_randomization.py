@@ -7,6 +7,13 @@ first, and the map is recomputed. The manifest stores the Spearman rank correlat
 between the original map and the map of the fully randomised model; a method that explains the
 model drops towards 0, one that only reflects the input (an edge detector) stays at 1.
 
+Both measures compare absolute maps |R| by default (``absolute: true``), as Adebayo et al. rank them:
+the sign of a signed CAM (``relu: false``) or of Eigen-CAM's principal component may flip with a
+re-initialisation while the same pixels stay salient, and a flipped map is the same evidence, not a
+new map. Input-space maps reduced with ``abs`` and ReLU'd CAMs are non-negative, so for them the
+option changes nothing; ``absolute: false`` ranks the maps as they are (before issue 25, the only
+behaviour).
+
 Re-initialisation calls each module's own ``reset_parameters`` (PyTorch's default init; BatchNorm
 also resets its running statistics) under ``torch.manual_seed(seed)``, so a run is repeatable and
 the global random state is left as it was. SSIM compares the two maps min-max scaled to [0, 1]
@@ -73,15 +80,19 @@ def similarity(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 def model_randomization(model: nn.Module, explain: Callable[[nn.Module], np.ndarray], seed: int = 0,
                         steps: Optional[int] = None, curve: bool = False,
-                        original: Optional[np.ndarray] = None) -> dict:
+                        original: Optional[np.ndarray] = None, absolute: bool = True) -> dict:
     """``{"spearman", "ssim", "layers"}`` for the fully randomised copy, and with ``curve`` a table
-    ``{"step", "layers_randomised", "spearman", "ssim"}`` after each cascade step (step 0: none)."""
+    ``{"step", "layers_randomised", "spearman", "ssim"}`` after each cascade step (step 0: none).
+    ``absolute``: compare |map| (Adebayo et al.), else the maps as they are."""
+    def compared(m: np.ndarray) -> np.ndarray:
+        return np.abs(m) if absolute else m
+
     net = copy.deepcopy(model)
     names = cascade(net)
     if not names:
         raise ValueError("the model has no parameters to randomise")
     modules = dict(net.named_modules())
-    base = explain(net) if original is None else original
+    base = compared(explain(net) if original is None else original)
     if curve:
         groups = np.array_split(np.arange(len(names)), min(steps or len(names), len(names)))
     else:
@@ -95,7 +106,7 @@ def model_randomization(model: nn.Module, explain: Callable[[nn.Module], np.ndar
                 reinitialise(modules[names[j]])
             done += len(group)
             if curve or i == len(groups):
-                rho, ssim = similarity(base, explain(net))
+                rho, ssim = similarity(base, compared(explain(net)))
                 rows.append((i, done, rho, ssim))
     out = {"spearman": rows[-1][2], "ssim": rows[-1][3], "layers": len(names)}
     if curve:
@@ -114,6 +125,8 @@ class SanityModelRandomization(Metric):
     curve: bool = False
     #: cascade steps for the curve (equal groups of modules); null: one step per module
     steps: Optional[int] = param(None, min=1)
+    #: true: compare absolute maps |R| (Adebayo et al.); false: the maps as they are, signed
+    absolute: bool = True
 
     def check(self) -> None:
         if self.steps is not None and self.steps < 1:
@@ -122,7 +135,8 @@ class SanityModelRandomization(Metric):
     def __call__(self, sample: Sample) -> MetricResult:
         if sample.model is None or sample.explain is None:
             return MetricResult(warnings=("sanity_model_randomization: no model to randomise, skipped",))
-        out = model_randomization(sample.model, sample.explain, self.seed, self.steps, self.curve, saliency(sample))
+        out = model_randomization(sample.model, sample.explain, self.seed, self.steps, self.curve, saliency(sample),
+                                  self.absolute)
         extras = {}
         if "curve" in out:
             c = out["curve"]

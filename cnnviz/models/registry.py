@@ -17,7 +17,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _load_builtin() -> None:
-    from . import detection, loaders, segmentation  # noqa: F401  (importing registers every loader)
+    from . import benchmark_cnn, detection, loaders, segmentation  # noqa: F401  (importing registers every loader)
 
 
 LOADERS = Registry("model loader", "model._target_", _load_builtin)

@@ -28,7 +28,8 @@ from ..metrics import metric_columns
 
 DIFFERENCE = "insertion_minus_deletion"
 #: which metric ranks the table when the difference is not available, in order of preference
-PRIMARY = (DIFFERENCE, "insertion_auc", "deletion_auc", "pointing_game", "completeness_error", "sanity_spearman", "sanity_ssim")
+PRIMARY = (DIFFERENCE, "insertion_auc", "deletion_auc", "pointing_game", "relevance_mass", "relevance_rank", "completeness_error",
+           "sanity_spearman", "sanity_ssim")
 GROUP = ["model", "method", "layer"]
 
 
@@ -43,7 +44,7 @@ def measured(frame: pd.DataFrame) -> dict[str, bool]:
 
 def ranked_by(frame: pd.DataFrame) -> Optional[str]:
     cols = measured(frame)
-    return next((c for c in PRIMARY if c in cols), None)
+    return next((c for c in PRIMARY if c in cols), next(iter(cols), None))  # else the first measured metric
 
 
 def summarize(frame: pd.DataFrame) -> pd.DataFrame:
