@@ -89,7 +89,9 @@ def test_rows_equal_one_evaluate_per_row_for_every_metric(metric_name, method_na
     assert len(batched) == 3
     for b, s in zip(batched, single):
         assert_same_row(b, s)
-        assert b.metrics["metrics_ms"] > 0
+        # a time, shared by the rows: rounded to 0.1 ms, so a metric with little to do may show 0.0
+        assert isinstance(b.metrics["metrics_ms"], float) and b.metrics["metrics_ms"] >= 0
+        assert b.metrics["metrics_ms"] == batched[0].metrics["metrics_ms"]
     # the metric measured something, and something that tells the rows apart
     cls = get_metric(metric_name)
     applies = not (metric_name == "completeness" and method_name == "gradcam")  # Grad-CAM claims no completeness
