@@ -187,6 +187,19 @@ def test_detection_targets_from_the_config():
         split_detection_target({"clas": 1}, cfg, True)
 
 
+def test_a_null_score_threshold_is_half_for_trained_weights_and_zero_for_a_random_init(caplog):
+    """A random init scores every class about 1/91: with a threshold nothing would be explained, so
+    model.weights=null explains the best max_detections candidates and the log says so."""
+    _, trained = split_detection_target(None, {"weights": "DEFAULT"}, True)
+    assert trained.score_threshold == 0.5 and not caplog.records
+    with caplog.at_level("WARNING", logger="cnnviz"):
+        _, random_init = split_detection_target(None, {"weights": None, "max_detections": 4}, True)
+    assert random_init.score_threshold == 0.0 and random_init.max_detections == 4
+    assert "randomly initialised detector" in caplog.text and "model.score_threshold" in caplog.text
+    _, chosen = split_detection_target(None, {"weights": None, "score_threshold": 0.3}, True)
+    assert chosen.score_threshold == 0.3  # a value set in the config wins
+
+
 # --- D-RISE -----------------------------------------------------------------------------------
 
 
@@ -278,15 +291,17 @@ def _green_pixels(path) -> int:
 @pytest.mark.slow
 def test_run_cli_eigencam_one_row_per_detection_with_boxes_drawn_and_resume(tmp_path, image_cache):
     run = tmp_path / "run"
+    # the issue's command: a random init with the default (null) score_threshold explains its best candidates
     args = ["model=torchvision_detection", f"model.name={SMALL}", "model.weights=null", "target=detections",
-            "method=eigencam", "model.score_threshold=0.005", "model.max_detections=3",
-            "model.preprocess.input_size=160", "image=coffee"]
+            "method=eigencam", "model.max_detections=3", "model.preprocess.input_size=160", "image=coffee"]
     proc = ok(run_cli(args, run, image_cache))
     frame = pd.read_csv(run / "manifest.csv")
     assert len(frame) == 3 and (frame["status"] == "ok").all()
     assert list(frame["detection"]) == [0, 1, 2] and frame["target_request"].is_unique
     assert list(frame["target_request"]) == ["detections#d0", "detections#d1", "detections#d2"]
-    assert (frame["detection_score"] >= 0.005).all() and (frame["detection_x1"] > frame["detection_x0"]).all()
+    assert (frame["detection_score"] > 0).all() and (frame["detection_x1"] > frame["detection_x0"]).all()
+    assert list(frame["detection_score"]) == sorted(frame["detection_score"], reverse=True)  # best first
+    assert "randomly initialised detector" in proc.stdout + proc.stderr
     for k, row in frame.iterrows():
         assert row["file_cam_on_image"].endswith(f"_d{k}_cam_on_image.png")
         assert _green_pixels(run / row["file_cam_on_image"]) > 100  # the box outline

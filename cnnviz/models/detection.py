@@ -40,6 +40,7 @@ Example::
 """
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional, Sequence
@@ -53,6 +54,8 @@ from ..core.hooks import model_state_kept
 from ..output.files import file_sha256
 from .loaders import LoadedModel, _seeded, torchvision_weights
 from .registry import model_loader
+
+log = logging.getLogger("cnnviz")
 
 #: the detectors ``model=torchvision_detection`` takes, and their default layer: a module whose
 #: output is a (B, C, H, W) tensor (the FPN's ``backbone`` returns an OrderedDict, so the last stage
@@ -246,6 +249,10 @@ class DetectionItem:
         return f"{self.label_name or self.label} {self.score:.2f}"
 
 
+#: ``model.score_threshold`` when it is null: trained weights, and a seeded random init
+TRAINED_THRESHOLD, RANDOM_INIT_THRESHOLD = 0.5, 0.0
+
+
 def split_detection_target(target: Any, cfg_model: Any, is_detector: bool) -> tuple[Any, Optional[DetectionRequest]]:
     """For a detector: ``(None, DetectionRequest)`` from ``target`` (``DETECTION_FORMS``; null means
     ``detections``) and the model keys ``score_threshold``, ``max_detections``, ``per_box``. For any
@@ -259,7 +266,14 @@ def split_detection_target(target: Any, cfg_model: Any, is_detector: bool) -> tu
     options = {"score_threshold": cfg_model.get("score_threshold"), "max_detections": cfg_model.get("max_detections"),
                "per_box": cfg_model.get("per_box")}
     options = {k: v for k, v in options.items() if v is not None}
-    threshold = options.get("score_threshold", 0.5)
+    # null: 0.5 for trained weights. A random init (weights: null) scores every class about 1/91, so a
+    # threshold would select nothing: it explains its best max_detections candidates, and says so.
+    random_init = cfg_model.get("weights") is None
+    threshold = options.get("score_threshold", RANDOM_INIT_THRESHOLD if random_init else TRAINED_THRESHOLD)
+    if random_init and "score_threshold" not in options:
+        log.warning("model.weights=null: a randomly initialised detector scores every class about equally; explaining "
+                    "its best %s candidate(s) per image (model.score_threshold=%s; set it to choose)",
+                    options.get("max_detections", 10), RANDOM_INIT_THRESHOLD)
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
         raise ConfigError(f"model.score_threshold={threshold!r}: must be a number in [0, 1]")
     cap = options.get("max_detections", 10)
