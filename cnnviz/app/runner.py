@@ -197,9 +197,7 @@ def _batch_work(plan: Plan, batch: range, loaded: list, target_request: Any, wei
     for i, image in zip(batch, loaded):
         src = plan.images[i]
         units = units_of(plan, i, target_request)
-        base = {u.method: {"image": src.name, "model": plan.model.name, "weights": plan.model.weights,
-                           "weights_sha256": weights_id, "method": u.method, "params": plan.methods[u.method].params(),
-                           "target_request": u.target_request} for u in units}
+        base = _item_base(plan, src, units, weights_id)
         if plan.resume:
             # complete only for the same bytes: an image replaced under the same name is recomputed
             content = None if isinstance(image, Exception) else {"image_sha256": image.sha256, "weights_sha256": weights_id}
