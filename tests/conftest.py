@@ -167,3 +167,21 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread_children() -> Iterator[None]:
+    """``OMP_NUM_THREADS=1`` for the ``run.py`` and script processes a module starts; the test
+    process's own thread count is left alone (its OpenMP pool already exists).
+
+    Why: the end-to-end runs here use small inputs, where a second intra-op thread buys little, and on
+    a busy 2-core machine its spin-waiting costs a lot. Measured on one run.py call (11 images x 3
+    techniques at 96 px, batch 4, under load): 29.3 s CPU / 81 s wall with two threads, 7.9 s CPU /
+    25 s wall with one. The modules that use it assert nothing about thread counts; test_sweeps and
+    test_trust_archive already run their children this way (``one_thread_everywhere``)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OMP_NUM_THREADS", "1")
+    try:
+        yield
+    finally:
+        mp.undo()

@@ -18,6 +18,9 @@ from cnnviz import ConfigError, get_method
 from cnnviz.engine import compute, compute_batch
 from conftest import TinyCNN, hook_count, model_snapshot, ok, run_cli
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 timm = pytest.importorskip("timm")
 
 NAMES = ["attention_rollout", "transformer_attribution", "raw_attention"]
@@ -408,11 +411,18 @@ def test_a_batch_of_three_equals_three_single_calls(name):
 # end to end
 # --------------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory, image_cache):
+    """One run.py call for both techniques: one process and one model build instead of two."""
+    run_dir = tmp_path_factory.mktemp("vit") / "run"
+    ok(run_cli(["model=timm", "model.arch=vit_tiny_patch16_224", "model.weights=null",
+                "method=[attention_rollout,transformer_attribution]", "image=cat_dog"], run_dir, image_cache))
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["attention_rollout", "transformer_attribution"])
-def test_run_py_writes_maps_for_a_timm_vit(name, tmp_path, image_cache):
-    run_dir = tmp_path / "run"
-    ok(run_cli(["model=timm", "model.arch=vit_tiny_patch16_224", "model.weights=null", f"method={name}",
-                "image=cat_dog"], run_dir, image_cache))
+def test_run_py_writes_maps_for_a_timm_vit(name, vit_run):
+    run_dir = vit_run
     pngs = sorted(p.name for p in run_dir.rglob("*.png") if name in p.name)
     assert pngs, sorted(p.name for p in run_dir.rglob("*"))

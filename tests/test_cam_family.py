@@ -25,6 +25,9 @@ from cnnviz import Attribution, ConfigError, get_method, list_methods
 from cnnviz.core.maps import fuse_layer_maps
 from conftest import any_model, hook_count, run_cli, torch_threads
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 CAM_METHODS = [n for n in list_methods() if get_method(n).map_space == "layer" and any_model(n)]
 GRADIENT_CAMS = [n for n in CAM_METHODS if get_method(n).uses_gradients]
 B, H, W = 2, 9, 11
@@ -861,16 +864,17 @@ def check_rows(df: pd.DataFrame, run_dir) -> None:
 
 @pytest.mark.slow  # end to end: run.py / script processes
 def test_cli_gradcam_three_vgg19_layers_in_one_call(tmp_path, image_cache):
+    # a 64 px input: the maps keep vgg19's strides (4, 8, 16) at a twelfth of the 224 px compute
     ok(run_cli(["method=gradcam", "model=vgg19", "model.weights=null", "layer=[features.16,features.25,features.35]",
-                "image=rocket"], tmp_path, image_cache))
+                "image=rocket", "model.preprocess.input_size=64"], tmp_path, image_cache))
     df = pd.read_csv(tmp_path / "manifest.csv")
     assert len(df) == 3 and list(df.layer) == ["features.16", "features.25", "features.35"]
     assert set(df.method) == {"gradcam"} and list(df.layers_in_call) == [3, 3, 3]
     check_rows(df, tmp_path)
-    # vgg19 at 224: features.16 is a 56 x 56 conv, features.25 28 x 28, features.35 14 x 14
+    # vgg19 at 64: features.16 is a 16 x 16 conv, features.25 8 x 8, features.35 4 x 4
     shapes = [np.load(tmp_path / f).shape for f in df.file_npy]
-    assert shapes == [(56, 56), (28, 28), (14, 14)]
-    assert all(np.load(tmp_path / f).shape == (224, 224) for f in df.file_npy_upsampled)
+    assert shapes == [(16, 16), (8, 8), (4, 4)]
+    assert all(np.load(tmp_path / f).shape == (64, 64) for f in df.file_npy_upsampled)
 
 
 @pytest.mark.slow  # end to end: run.py / script processes
@@ -883,10 +887,11 @@ def test_cli_layercam_fusion_row(tmp_path, image_cache):
     assert fused.shape == (224, 224) and 0 <= fused.min() and 0 < fused.max() <= math.tanh(2.0) + 1e-6
 
 
-@pytest.mark.slow  # Score-CAM at bn2 is 1280 masked forwards of efficientnet_lite0: ~15 s on 2 cores
+@pytest.mark.slow  # Score-CAM at bn2 is 1280 masked forwards of efficientnet_lite0
 def test_cli_gradient_free_cams(tmp_path, image_cache):
-    ok(run_cli(["method=[cam,scorecam,ablationcam,eigencam]", "image=coffee", "method.scorecam.batch_size=64"],
-               tmp_path, image_cache))
+    # a 96 px input (3 x 3 maps at bn2): the same 1280 masked forwards, each a fifth of the 224 px one
+    ok(run_cli(["method=[cam,scorecam,ablationcam,eigencam]", "image=coffee", "method.scorecam.batch_size=64",
+                "model.preprocess.input_size=96"], tmp_path, image_cache))
     df = pd.read_csv(tmp_path / "manifest.csv")
     assert sorted(df.method) == ["ablationcam", "cam", "eigencam", "scorecam"]
     assert set(df.layer) == {"bn2"} and list(df.layers_in_call) == [1, 1, 1, 1]
@@ -895,7 +900,7 @@ def test_cli_gradient_free_cams(tmp_path, image_cache):
     assert '"batch_size": 64' in params["scorecam"]
     for f in df.file_npy:
         m = np.load(tmp_path / f)
-        assert m.shape == (7, 7) and np.isfinite(m).all() and np.abs(m).max() > 0
+        assert m.shape == (3, 3) and np.isfinite(m).all() and np.abs(m).max() > 0
 
 
 @pytest.mark.slow  # end to end: run.py / script processes

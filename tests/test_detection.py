@@ -18,6 +18,9 @@ from cnnviz.output import render
 
 from conftest import ok, run_cli
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 SMALL = "fasterrcnn_mobilenet_v3_large_320_fpn"
 
 

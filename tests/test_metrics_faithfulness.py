@@ -22,6 +22,9 @@ from conftest import TinyCNN, tiny_method
 from test_metrics import SIGMOID, RegionModel, region_maps
 from test_metrics_batched import Recorder
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 
 # --- ROAD: noisy linear imputation ------------------------------------------------------------------
 

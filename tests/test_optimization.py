@@ -16,6 +16,9 @@ from cnnviz.methods.inverted_representation import alpha_norm, total_variation
 from cnnviz.methods.optimization import zero_below_percentile
 from conftest import TinyCNN, hook_count, run_cli
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 HALF = {"input_mean": [0.5] * 3, "input_std": [0.5] * 3}
 TECHNIQUES = ["class_model", "class_model_regularized", "inverted_representation", "filter_visualization", "deep_dream"]
 

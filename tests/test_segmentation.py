@@ -27,6 +27,9 @@ from cnnviz.models.segmentation import (
 from cnnviz.models.registry import model_loader
 from conftest import hook_count, run_cli
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 PIXELS = Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3)  # the tiny models read pixels in [0, 1]
 
 

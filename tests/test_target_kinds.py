@@ -22,6 +22,9 @@ from cnnviz.models.outputs import (TARGET_KINDS, SelectOutput, SimilarTo, resolv
 
 from conftest import TinyCNN, ok, run_cli
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 SHAPE = (3, 4, 4)
 N = 3 * 4 * 4
 

@@ -17,6 +17,9 @@ from cnnviz.core.errors import ConfigError
 from cnnviz.core.tokens import Layout, layout_of, token_grid
 from conftest import TinyCNN, hook_count, ok, run_cli
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 CAMS = ["gradcam", "gradcam_plusplus", "xgradcam", "layercam", "hirescam", "eigencam", "scorecam", "ablationcam",
         "gradcam_elementwise"]
 
@@ -409,20 +412,25 @@ def test_run_swin_and_convnext_cam_family(tmp_path, image_cache):
     two layers each, CAM where its head is GAP -> linear (Swin's final norm), a clear refusal where not."""
     import pandas as pd
 
-    family = "method=[gradcam,gradcam_plusplus,xgradcam,layercam,hirescam,eigencam]"
+    family = "method=[gradcam,gradcam_plusplus,xgradcam,layercam,hirescam,eigencam,cam]"
+    # one run per model: CAM reads its own layer (method.cam.layer), the gradient family the two layers
     ok(run_cli(["model=timm", "model.arch=swin_tiny_patch4_window7_224", "model.weights=null", family,
-                "layer=[layers.3,norm]", "image=coffee"], tmp_path / "swin", image_cache))
-    ok(run_cli(["model=timm", "model.arch=swin_tiny_patch4_window7_224", "model.weights=null", "method=cam",
-                "layer=norm", "image=coffee"], tmp_path / "swin_cam", image_cache))
-    ok(run_cli(["model=timm", "model.arch=convnext_tiny", "model.weights=null", "model.preprocess.input_size=64", family,
-                "layer=[stages.2,stages.2.blocks.0.mlp.act]", "image=coffee"], tmp_path / "convnext", image_cache))
-    for run, n, shape in (("swin", 12, (7, 7)), ("swin_cam", 1, (7, 7)), ("convnext", 12, (4, 4))):
+                "layer=[layers.3,norm]", "+method.cam.layer=norm", "image=coffee"], tmp_path / "swin", image_cache))
+    proc = run_cli(["model=timm", "model.arch=convnext_tiny", "model.weights=null", "model.preprocess.input_size=64", family,
+                    "layer=[stages.2,stages.2.blocks.0.mlp.act]", "+method.cam.layer=stages.3", "image=coffee"],
+                   tmp_path / "convnext", image_cache)
+    assert proc.returncode == 3 and "use gradcam" in proc.stdout + proc.stderr  # CAM's row failed, the rest ran
+    for run, shape in (("swin", (7, 7)), ("convnext", (4, 4))):
         rows = pd.read_csv(tmp_path / run / "manifest.csv")
-        assert len(rows) == n and (rows["status"] == "ok").all(), rows[["method", "layer", "error"]]
-        assert np.load(tmp_path / run / rows["file_npy"].iloc[0]).shape == shape
-    proc = run_cli(["model=timm", "model.arch=convnext_tiny", "model.weights=null", "model.preprocess.input_size=64",
-                    "method=cam", "layer=stages.3", "image=coffee"], tmp_path / "convnext_cam", image_cache)
-    assert proc.returncode == 3 and "use gradcam" in proc.stdout + proc.stderr
+        family_rows = rows[rows["method"] != "cam"]
+        assert len(family_rows) == 12 and (family_rows["status"] == "ok").all(), rows[["method", "layer", "error"]]
+        assert np.load(tmp_path / run / family_rows["file_npy"].iloc[0]).shape == shape
+    swin_cam = pd.read_csv(tmp_path / "swin" / "manifest.csv").query("method == 'cam'")
+    assert list(swin_cam["layer"]) == ["norm"] and list(swin_cam["status"]) == ["ok"], swin_cam[["layer", "error"]]
+    assert np.load(tmp_path / "swin" / swin_cam["file_npy"].iloc[0]).shape == (7, 7)
+    convnext_cam = pd.read_csv(tmp_path / "convnext" / "manifest.csv").query("method == 'cam'")
+    assert list(convnext_cam["layer"]) == ["stages.3"] and list(convnext_cam["status"]) == ["error"]
+    assert "use gradcam" in convnext_cam["error"].iloc[0]
 
 
 def test_a_wrapped_vit_is_read_from_its_own_attributes():

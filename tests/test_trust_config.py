@@ -25,6 +25,9 @@ from cnnviz.methods import get_method, list_methods
 
 from conftest import run_cli
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 CONF = Path(__file__).resolve().parent.parent / "conf"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -152,6 +155,7 @@ def test_every_constrained_field_of_every_technique_and_metric_refuses_a_bad_val
 
 #: numeric and text fields that accept any value of their type, and why (``*`` = of every technique)
 FREE = {
+    "sanity_data_randomization.weights": "a model.weights value, checked when the runner loads the reference model",
     "occlusion.baseline": "any value of the normalised input space",
     "cam.head": "a module name, resolved against the model (with close matches)",
     "*.only_under": "a module name, resolved against the model by the backward rule",

@@ -22,6 +22,9 @@ from cnnviz.data.images import fetch_preset, preprocess, read_image, sources_fro
 
 from conftest import TinyCNN
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 ORIENTATION = 0x0112
 
 #: how a camera stores an upright picture U for each EXIF orientation (EXIF 2.3, tag 274: "the 0th

@@ -21,6 +21,9 @@ from cnnviz.models.loaders import check_finite, checkpoint_model
 
 from conftest import TinyCNN, any_model, run_cli, tiny_method
 
+# the run.py processes started here get one intra-op thread: see conftest.one_thread_children
+pytestmark = pytest.mark.usefixtures("one_thread_children")
+
 METHODS = [n for n in list_methods() if any_model(n)]
 LAYER = "features.3"
 B, H, W = 2, 10, 12

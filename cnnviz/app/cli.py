@@ -69,15 +69,36 @@ def _run_job(cfg: DictConfig, out_dir: Path, overrides: list[str], hydra_cfg: Op
     out_dir = Path(out_dir)
     with exclusive(out_dir, key):
         check_same_config(out_dir, cfg, key)
-        manifest = open_manifest(out_dir / "manifest.csv", bool(cfg.resume))
-        start = time.perf_counter()
-        plan = build_plan(cfg)
-        record_config(out_dir, cfg, overrides, hydra_cfg)
-        (out_dir / "job_error.json").unlink(missing_ok=True)  # a multirun job's earlier failed start
-        frame = execute(plan, out_dir, time.perf_counter() - start, manifest)
+        if cfg.get("select") is not None:  # experiment=select: one sub-run per candidate (cnnviz.app.select)
+            from .select import prepare_selection, run_selection
+
+            selection = prepare_selection(cfg, out_dir, hydra_cfg)
+            record_config(out_dir, cfg, overrides, hydra_cfg)
+            (out_dir / "job_error.json").unlink(missing_ok=True)
+            frame = run_selection(selection)
+        else:
+            manifest = open_manifest(out_dir / "manifest.csv", bool(cfg.resume))
+            start = time.perf_counter()
+            plan = build_plan(cfg)
+            record_config(out_dir, cfg, overrides, hydra_cfg)
+            (out_dir / "job_error.json").unlink(missing_ok=True)  # a multirun job's earlier failed start
+            frame = execute(plan, out_dir, time.perf_counter() - start, manifest)
+            if plan.metrics:
+                print_summary(out_dir, frame)
     failed = int((frame["status"] != "ok").sum())
     print(f"cnnviz: {len(frame) - failed} ok, {failed} failed; manifest: {out_dir / 'manifest.csv'}")
     return EXIT_FAILED if failed and not cfg.get("allow_failures", False) else 0
+
+
+def print_summary(out_dir: Path, frame) -> None:
+    """The ranked metric table of a run, on stdout, and where its page is (``summary.html``)."""
+    from ..output.summary import printable, summarize
+
+    table = summarize(frame)
+    if not table.empty:
+        print(printable(table))
+        if (out_dir / "summary.html").is_file():
+            print(f"cnnviz: summary: {out_dir / 'summary.html'}")
 
 
 def open_manifest(path: Path, resume: bool):

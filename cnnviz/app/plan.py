@@ -25,6 +25,7 @@ from ..core.targets import OutputScore
 from ..core.tokens import layout_of, set_token_grid
 from ..methods.base import Method
 from ..metrics import Metric, get_metric
+from ..metrics.evaluate import bind_references
 from ..models.loaders import LoadedModel, check_finite
 from ..methods import get_method
 from ..models.segmentation import apply_region, split_region_target
@@ -152,6 +153,16 @@ def build_metrics(cfg_metrics: Optional[DictConfig], mean, std) -> dict[str, Met
     return metrics
 
 
+def image_sources(key: str, cfg) -> list[ImageSource]:
+    """``image.<key>``'s images: ``source: benchmark`` from ``cnnviz.benchmark`` (which the data layer
+    does not import), any other source from ``cnnviz.data``."""
+    if cfg.get("source") == "benchmark":
+        from ..benchmark.data import benchmark_sources
+
+        return benchmark_sources(f"image.{key}", cfg)
+    return sources_from_config(key, cfg)
+
+
 def image_box(key: str, box: Any) -> Optional[tuple[float, float, float, float]]:
     """``image.<key>.box`` as four floats x0 < x1, y0 < y1 (original-image pixels), or None."""
     if box is None:
@@ -193,6 +204,16 @@ def _load_model(cfg_model: DictConfig, seed: int) -> LoadedModel:
              "input_size": (cfg_model.get("preprocess") or {}).get("input_size")}
     # null means "the loader's default", except weights, where null asks for a random init
     return loader(**{k: v for k, v in given.items() if k in accepted and (v is not None or k == "weights")})
+
+
+def reference_model(cfg: DictConfig, weights: str, region: Any, device: torch.device) -> nn.Module:
+    """The model of ``cfg.model`` loaded with ``model.weights=weights``: a metric's reference model (the
+    data randomization test's copy trained on shuffled labels), checked like the run's model, with the
+    same segmentation region, in eval mode on ``device``. Not cached (``load_model`` keeps one model, the
+    run's own)."""
+    loaded = _load_model(OmegaConf.merge(cfg.model, {"weights": weights}), int(cfg.seed))
+    check_finite(loaded.module, loaded.origin)
+    return apply_region(loaded, region, cfg.model.preprocess).module.to(device).eval()
 
 
 def expand_layer_pattern(pattern: str, model: LoadedModel) -> Optional[list[str]]:
@@ -423,7 +444,7 @@ def build_plan(cfg: DictConfig) -> Plan:
     images: list[ImageSource] = []
     for key, image_cfg in (cfg.image or {}).items():
         box = image_box(str(key), image_cfg.get("box"))
-        images.extend(dataclasses.replace(s, box=box) if box else s for s in sources_from_config(str(key), image_cfg))
+        images.extend(dataclasses.replace(s, box=box) if box else s for s in image_sources(str(key), image_cfg))
     if not images:
         raise ConfigError("no image selected: set image=<preset> or image=file image.file.path=...")
     for src in images:
@@ -436,6 +457,8 @@ def build_plan(cfg: DictConfig) -> Plan:
     model = apply_region(load_model(cfg.model, int(cfg.seed)), region, cfg.model.preprocess)
     model, target = apply_target_kind(model, kind, target, cfg.model.preprocess)
     model.module.to(device)
+    # metrics that compare a second model (sanity_data_randomization): the same loader, their model.weights
+    bind_references(metrics, lambda weights: reference_model(cfg, weights, region, device), model.module)
     set_token_grid(model.module, plain(cfg.model.get("token_grid")))  # model.token_grid, read by the CAMs
     for m in methods.values():
         m.check(model.module)

@@ -28,7 +28,7 @@ from ..speed.precision import precision_scope, to_device
 from ..speed import applied
 from ..output.files import atomic_write
 from ..output.gallery import write_gallery
-from ..data.images import box_to_input, preprocess
+from ..data.images import box_to_input, mask_to_input, preprocess
 from ..output.manifest import Manifest
 from ..output.render import RenderOptions
 from ..metrics import evaluate_rows, writes_of
@@ -70,7 +70,7 @@ class LoadedImage:
     x: torch.Tensor
     #: the uint8 (H, W, 3) picture the input shows
     picture: Any
-    #: the object box as a mask on the input (``image.<key>.box``), or None
+    #: the object on the input: its mask (a list's ``mask`` column) or box (``image.<key>.box``), or None
     mask: Any
     #: the original image's (w, h)
     size: tuple[int, int]
@@ -444,7 +444,10 @@ def _load(src, plan: Plan) -> LoadedImage | Exception:
     try:
         img, sha = src.read()
         x, picture = preprocess(img, plan.preprocess)
-        mask = box_mask(tuple(x.shape[-2:]), box_to_input(src.box, img.size, plan.preprocess)) if src.box else None
+        if src.mask is not None:  # the exact object pixels win over a box
+            mask = mask_to_input(src.mask(), img.size, plan.preprocess)
+        else:
+            mask = box_mask(tuple(x.shape[-2:]), box_to_input(src.box, img.size, plan.preprocess)) if src.box else None
         notes = tuple(str(w) for w in (img.info.get("cnnviz_warnings") or ()))
         return LoadedImage(src.name, sha, to_device(x, plan.device), picture, mask, img.size, notes)
     except Exception as e:

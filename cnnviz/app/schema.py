@@ -6,6 +6,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from ..core.constraints import param
 from ..output.options import RenderOptions
 
 #: OmegaConf's marker of a mandatory value (``omegaconf.MISSING``), spelled out so that the schemas
@@ -94,6 +95,33 @@ RenderConfig = _structured(RenderOptions, "RenderConfig")
 
 
 @dataclass
+class SelectConfig:
+    """``experiment=select`` (``cnnviz.app.select``): which technique, layer and hyperparameter, chosen
+    by a metric on calibration images."""
+
+    #: the techniques compared; null = those of the ``method`` group (their options from there, or from
+    #: conf/method/<name>.yaml for a technique the group does not hold)
+    methods: Optional[List[str]] = None
+    #: the layers tried by techniques that need one: all | type:<Class> | a name | a list; null = ``layer``
+    layers: Any = "all"
+    #: a metric (one column) or a metric column (``insertion``, ``deletion_auc``, ``road_lerf``,
+    #: ``insertion_minus_deletion``); better is the metric's ``higher_is_better``
+    metric: str = "insertion"
+    #: {technique: [values of its main hyperparameter] | {field: [values]} | []}; a technique not named
+    #: (or null) sweeps the values it declares (``Method.main_hyperparameter``), [] none. Typed Any with
+    #: a null default so that one override sets the whole mapping: 'select.values={smoothgrad: [0.1, 0.2]}'
+    #: (a typed dict would refuse new keys without a +). Read it as select["values"]: DictConfig.values
+    #: is a method.
+    values: Any = None
+    #: confidence level of the intervals over images (Student t)
+    level: float = param(0.95, gt=0, lt=1)
+    #: how many of the best candidates the report shows maps of
+    top: int = param(3, min=1)
+    #: images shown per candidate in the report
+    examples: int = param(4, min=0)
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     image: Dict[str, ImageConfig] = field(default_factory=dict)
@@ -121,6 +149,8 @@ class Config:
     shard: int = 0
     #: fp32 | bf16 | fp16: the model's forward passes under autocast at that precision (fp32: none)
     precision: str = "fp32"
+    #: experiment=select: sweep technique x layer x hyperparameter and write the best as best.yaml
+    select: Optional[SelectConfig] = None
 
 
 def check_keys(node, schema: type, where: str) -> None:

@@ -23,7 +23,11 @@ log = logging.getLogger("cnnviz")
 
 
 def job_manifests(sweep_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(sweep_dir).rglob("manifest.csv") if p.parent != Path(sweep_dir))
+    """Each job's manifest; a manifest inside another job's folder (an ``experiment=select`` job's
+    ``candidates/*``, merged into its own) is that job's part, not a job of the sweep."""
+    found = sorted(p for p in Path(sweep_dir).rglob("manifest.csv") if p.parent != Path(sweep_dir))
+    jobs = {p.parent for p in found}
+    return [p for p in found if not any(parent in jobs for parent in p.parent.parents)]
 
 
 JOB_ERROR = "job_error.json"

@@ -63,7 +63,8 @@ class JobReport:
 
 def job_dirs(folder: Path) -> list[Path]:
     if (folder / ".hydra" / "config.yaml").is_file():
-        return [folder]
+        candidates = sorted(p.parent.parent for p in (folder / "candidates").glob("*/.hydra/config.yaml"))
+        return candidates or [folder]  # experiment=select: its candidates are the runs that wrote files
     return sorted(p.parent.parent for p in folder.rglob(".hydra/config.yaml"))
 
 

@@ -186,6 +186,46 @@ def make_dataset(n: int, seed: int, size: int = 64) -> tuple[np.ndarray, np.ndar
             np.stack([s.mask for s in samples]))
 
 
+#: the held-out set of the benchmark (the training set is seed 0: ``cnnviz.benchmark.model.Recipe``)
+HELD_OUT_SEED = 1
+#: the side the benchmark CNN is trained at (``Recipe.size``), the images' default size
+IMAGE_SIZE = 48
+
+
+def benchmark_sources(where: str, cfg) -> list:
+    """``image=benchmark``: the first ``limit`` images of set ``seed`` (default: the held-out set),
+    each with its label as its target and its exact object mask, generated when the runner reaches it."""
+    from ..core.errors import ConfigError
+    from ..data.images import ImageSource, sha256_bytes
+
+    n = cfg.get("limit")
+    if n is None or int(n) < 1:
+        raise ConfigError(f"{where}.limit: how many benchmark images, >= 1 (e.g. {where}.limit=40), got {n}")
+    seed = int(cfg.get("seed", HELD_OUT_SEED))
+    if seed == 0:
+        log_training_set(where)
+
+    @functools.lru_cache(maxsize=4)
+    def sample(i: int) -> Sample:
+        return make_sample(seed, i, IMAGE_SIZE)
+
+    def read(i: int):
+        image = sample(i).image
+        return Image.fromarray(image), sha256_bytes(image.tobytes())
+
+    return [ImageSource(f"{CLASSES[i % len(CLASSES)]}_{i:04d}", functools.partial(read, i), i % len(CLASSES),
+                        f"cnnviz.benchmark.data.make_sample(seed={seed}, index={i}, size={IMAGE_SIZE})",
+                        mask=functools.partial(lambda i: sample(i).mask, i))
+            for i in range(int(n))]
+
+
+def log_training_set(where: str) -> None:
+    import logging
+
+    logging.getLogger("cnnviz").warning("%s.seed=0 is the benchmark CNN's training set; its held-out images are "
+                                        "seed %d", where, HELD_OUT_SEED)
+
+
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """The mask's bounding box ``x0, y0, x1, y1`` in pixel edges (x1, y1 one past the last pixel)."""
     ys, xs = np.nonzero(mask)
@@ -193,12 +233,12 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def save_split(folder: str | Path, images: np.ndarray, labels: Sequence[int], masks: np.ndarray,
-               names: Optional[Sequence[str]] = None, mask_column: bool = False) -> Path:
+               names: Optional[Sequence[str]] = None, mask_column: bool = True) -> Path:
     """Write a set as ``images/<name>.png``, ``masks/<name>.png`` (0/255) and ``list.csv``; returns the list.
 
-    The list has the columns ``image=list`` reads (``path, target, box, name``; the box is the mask's
-    bounding box, for ``metrics=pointing_game``). ``mask_column=True`` adds ``mask`` (the mask's path,
-    relative to the list) for a list reader that accepts it; today's reader refuses unknown columns."""
+    The list has the columns ``image=list`` reads: ``path, target, box, name`` (the box is the mask's
+    bounding box) and, with ``mask_column=True``, ``mask`` (the mask's path, relative to the list), which
+    the pointing game and relevance mass / rank then use instead of the box."""
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(exist_ok=True)

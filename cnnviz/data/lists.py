@@ -2,7 +2,9 @@
 
 A list names one image per row: ``path`` (relative to the list's own folder, or absolute), and
 optionally ``target`` (a class index or a class name), ``box`` (``x0,y0,x1,y1`` in original-image
-pixels) and ``name`` (the files' stem; default: the path's stem). A folder gives its image files,
+pixels), ``mask`` (an image file of the original's size whose non-zero pixels are the object, relative
+like ``path``; it wins over ``box`` for the pointing game and relevance mass / rank) and ``name`` (the
+files' stem; default: the path's stem). A folder gives its image files,
 optionally those of its subfolders (``recursive``) or only those matching ``glob``; with
 ``label_from: subfolder`` each image's class is its subfolder's name, as torchvision's
 ``ImageFolder`` has it. Both take ``limit`` and ``shuffle`` + ``seed``.
@@ -22,10 +24,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..core.errors import ConfigError
-from .images import IMAGE_SUFFIXES, ImageSource, read_image, safe_name
+from .images import IMAGE_SUFFIXES, ImageSource, read_image, read_mask, safe_name
 
 LIST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
-LIST_COLUMNS = ("path", "target", "box", "name")
+LIST_COLUMNS = ("path", "target", "box", "name", "mask")
 
 
 def list_sources(where: str, cfg) -> list[ImageSource]:
@@ -90,8 +92,14 @@ def _row_source(where: str, path: Path, base: Path, line: int, row: dict[str, An
     image = Path(file).expanduser()
     image = image if image.is_absolute() else base / image
     name = str(row.get("name") or "").strip() or image.stem
+    mask_file = str(row.get("mask") or "").strip()
+    mask = None
+    if mask_file:
+        mask_path = Path(mask_file).expanduser()
+        mask_path = mask_path if mask_path.is_absolute() else base / mask_path
+        mask = lambda p=mask_path: read_mask(p, f"{at}: mask")  # noqa: E731  (read when the image is)
     return ImageSource(safe_name(name), (lambda p=image: read_image(p, where)), parse_target(row.get("target"), at),
-                       str(image), box=parse_box(row.get("box"), at))
+                       str(image), box=parse_box(row.get("box"), at), mask=mask)
 
 
 def parse_target(value: Any, at: str) -> Any:

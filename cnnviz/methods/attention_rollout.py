@@ -75,6 +75,7 @@ def rollout(probs: list[torch.Tensor], head_fusion: str = "mean", discard_ratio:
 @register("attention_rollout")
 @dataclass
 class AttentionRollout(AttentionMethod):
+    main_hyperparameter = ("discard_ratio", (0.0, 0.5, 0.9))
     uses_target = False
     head_fusion: str = param("mean", choices=FUSIONS)
     #: share of the weakest fused attention entries of each block set to zero (0 keeps all)

@@ -65,6 +65,9 @@ class Method:
     #: ``"vision_transformer"``): ``check(model)`` refuses other models, naming the family, and the
     #: registry-generated tests on TinyCNN test it on its own family instead.
     model_family: ClassVar[Optional[str]] = None
+    #: None, or ``(field, values)``: the hyperparameter that most changes what the map shows and the
+    #: values worth comparing, which ``experiment=select`` sweeps (``select.values`` may replace them)
+    main_hyperparameter: ClassVar[Optional[tuple[str, tuple]]] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -64,6 +64,7 @@ def rise_masks(grids: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, size: tu
 @register("drise")
 @dataclass
 class DRISE(PerturbationMethod):
+    main_hyperparameter = ("cell_size", (8, 16, 32))  # RISE's s: the mask grid
     renders: ClassVar[tuple[str, ...]] = ("color", "gray", "pos_sal")
     #: N, the number of masks
     n_masks: int = param(1000, min=1)

@@ -80,6 +80,7 @@ def integrated_gradient(model, x1, x0, target, alphas, weights, batch_size, rule
 @register("integrated_gradients")
 @dataclass
 class IntegratedGradients(GradientMethod):
+    main_hyperparameter = ("baseline", ("black", "zero", "blur"))  # the reference the path starts from
     many_passes = True
     shares_passes = False  # a path of gradient passes of its own
     concurrent_safe = True  # plain gradients: no hook on the model, none of its state changed

@@ -51,6 +51,7 @@ FIRST = ("zb", "same")
 @register("lrp")
 @dataclass
 class LRP(Method):
+    main_hyperparameter = ("epsilon", (0.1, 0.25, 0.5))
     renders = ("lrp_heatmap", "color", "gray", "pos_sal", "neg_sal")
     rule: str = param("composite", choices=RULES)
     epsilon: float = param(0.25, min=0)

@@ -45,6 +45,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 @register("occlusion")
 @dataclass
 class Occlusion(PerturbationMethod):
+    main_hyperparameter = ("window", (9, 15, 25))
     window: int = param(15, min=1)
     stride: int = param(8, min=1)
     baseline: float = 0.0

@@ -40,6 +40,7 @@ VARIANTS = ("mean", "sq", "var")
 @register("smoothgrad")
 @dataclass
 class SmoothGrad(Method):
+    main_hyperparameter = ("noise_level", (0.1, 0.15, 0.25))  # Smilkov et al.: 10-20 % works best
     many_passes = True
     renders = ("color", "gray", "pos_sal", "neg_sal")
     #: a registered input-space gradient or perturbation technique; any other is refused by ``check``

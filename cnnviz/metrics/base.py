@@ -76,6 +76,11 @@ class Metric:
     writes: ClassVar[tuple[str, ...]] = ()
     #: True: larger values are better (used to rank in the summary)
     higher_is_better: ClassVar[dict[str, bool]] = {}
+    #: True: the metric compares maps with those of a second model of the same architecture (the data
+    #: randomization test's copy trained on shuffled labels), which it cannot build itself, since
+    #: metrics see no config: the caller loads it with ``model.weights`` = ``reference_weights()`` and
+    #: hands it over with ``bind`` before measuring (``evaluate.bind_references``)
+    needs_reference_model: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         # the library API refuses what the runner refuses, under the same config key
@@ -84,6 +89,14 @@ class Metric:
 
     def params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def reference_weights(self) -> Optional[str]:
+        """The ``model.weights`` value of the reference model (``needs_reference_model``), else None."""
+        return None
+
+    def bind(self, reference: nn.Module) -> "Metric":
+        """Hand over the reference model (``needs_reference_model``); returns the metric."""
+        raise TypeError(f"metric {self.name or type(self).__name__} compares no second model; nothing to bind")
 
     def check(self) -> None:
         """Raise ``ConfigError`` for options that cannot work together, before any work is done;

@@ -2,7 +2,8 @@
 model, run the metrics one by one, each on every row at once (a failing metric becomes that row's
 warning, the other rows and metrics still run), and merge their columns, extras and warnings into
 new Attributions. ``evaluate`` measures one map (notebooks), ``evaluate_rows`` the rows of a batch
-(the runner).
+(the runner). ``bind_references`` hands the metrics that compare a second model (the data
+randomization test) the model they name, before any map is measured.
 
 Example::
 
@@ -14,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..core.attribution import Attribution
+from ..core.errors import ConfigError
 from ..speed.fastpath import forward_fn
 from ..core.hooks import model_state_kept
 from .base import Metric, MetricResult, Sample, saliency
@@ -33,6 +35,40 @@ def writes_of(metrics: dict[str, Metric]) -> tuple[str, ...]:
     return tuple(spec for m in metrics.values() for spec in m.writes)
 
 
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def bind_references(metrics: dict[str, Metric], load: Callable[[str], nn.Module],
+                    model: Optional[nn.Module] = None) -> None:
+    """Give each metric that compares a second model (``Metric.needs_reference_model``, e.g.
+    ``sanity_data_randomization``) the model ``load(weights)`` returns for its ``reference_weights()``
+    (the runner's ``load``: the same model loader with ``model.weights`` set to that value). A load
+    that fails is a ConfigError naming ``metrics.<name>.weights``: the model has no such weights; so
+    is a reference with the weights of ``model`` (a loader that ignores ``model.weights``, such as
+    ``model=checkpoint``, or ``model.weights`` already that value), which would make every map pass."""
+    for name, metric in metrics.items():
+        if not metric.needs_reference_model:
+            continue
+        weights = metric.reference_weights()
+        try:
+            reference = load(weights)
+        except Exception as e:
+            raise ConfigError(
+                f"metrics.{name}.weights={weights}: the model cannot be loaded with model.weights={weights} "
+                f"({type(e).__name__}: {e}); the reference model is a copy of the architecture trained on "
+                "shuffled labels: use a model that has one (model=benchmark_cnn has weights trained | shuffled) "
+                f"or drop {name} from metrics") from e
+        if model is not None and _same_weights(model, reference):
+            raise ConfigError(
+                f"metrics.{name}.weights={weights}: the reference model has the same weights as the model explained "
+                f"(its loader ignores model.weights, or model.weights is already {weights}); the test compares the "
+                "model with a copy trained on shuffled labels: explain the trained weights (model.weights=trained "
+                "for model=benchmark_cnn) or drop it from metrics")
+        metric.bind(reference)
+
+
 def _map(attr: Attribution) -> np.ndarray:
     return saliency(Sample(attr.method, attr.values[0], None if attr.upsampled is None else attr.upsampled[0],
                            torch.empty(0), None, lambda b: b))
@@ -43,13 +79,15 @@ def _explainer(method: Any, attr: Attribution, x: torch.Tensor, layers: Sequence
     target = attr.target[0] if attr.target else None
 
     def explain(model: nn.Module) -> np.ndarray:
-        torch.manual_seed(0)  # techniques that draw noise draw the same on every model
-        if not method.needs_layer:
-            return _map(method(model, x, target))
-        wanted = [attr.layer] if attr.layer in {n for n, _ in model.named_modules()} else list(layers)
-        found = [a for a in method.attribute_layers(model, x, target, wanted) if a.layer == attr.layer]
+        # techniques that draw noise draw the same on every model; the caller's random state is kept
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            if not method.needs_layer:
+                return _map(method(model, x, target))
+            wanted = [attr.layer] if attr.layer in {n for n, _ in model.named_modules()} else list(layers)
+            found = [a for a in method.attribute_layers(model, x, target, wanted) if a.layer == attr.layer]
         if not found:
-            raise ValueError(f"{attr.method} gave no map for layer {attr.layer} on the randomised model")
+            raise ValueError(f"{attr.method} gave no map for layer {attr.layer} on the other model")
         return _map(found[0])
 
     return explain

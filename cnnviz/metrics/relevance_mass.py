@@ -9,7 +9,8 @@ letting them cancel positive values would reward a map for the evidence it puts 
 R is the map as ``base.saliency`` gives it (a CAM's upsampled map; an input-space map reduced over
 channels, ``abs`` or ``signed``). 1 = all positive relevance on the object; a map with no positive
 relevance has no mass to share, and its column stays empty with a warning. The object is the image's
-mask (``image.<key>.box`` mapped to input pixels, as the pointing game uses it).
+mask: a list's ``mask`` column or the benchmark's planted object, else ``image.<key>.box``, mapped to
+input pixels as the pointing game uses it.
 
 Example::
 

@@ -61,15 +61,20 @@ def _scaled(a: np.ndarray) -> np.ndarray:
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(Spearman ρ, SSIM) of two maps of the same shape; ρ is NaN when a map is constant."""
+    """(Spearman ρ, SSIM) of two maps of the same shape. A constant map ranks no pixel above another,
+    so it keeps none of the other map's ranking: ρ = 0 when exactly one map is constant (the usual case:
+    a ReLU'd CAM that randomisation blanks), 1 when both are the same constant, NaN for two different
+    constants."""
     from scipy.stats import spearmanr
     from skimage.metrics import structural_similarity
 
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"maps of shapes {a.shape} and {b.shape} differ")
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
         rho = 1.0 if np.array_equal(a, b) else float("nan")
+    elif np.ptp(a) == 0 or np.ptp(b) == 0:
+        rho = 0.0
     else:
         rho = float(spearmanr(a.ravel(), b.ravel()).statistic)
     win = min(7, *a.shape)
@@ -141,5 +146,5 @@ class SanityModelRandomization(Metric):
         if "curve" in out:
             c = out["curve"]
             extras["sanity_curve"] = {"layers_randomised": c["layers_randomised"], "spearman": c["spearman"], "ssim": c["ssim"]}
-        warn = () if np.isfinite(out["spearman"]) else ("sanity_model_randomization: a map is constant, rank correlation undefined",)
+        warn = () if np.isfinite(out["spearman"]) else ("sanity_model_randomization: both maps are constant, rank correlation undefined",)
         return MetricResult({"sanity_spearman": out["spearman"], "sanity_ssim": out["ssim"]}, extras, warn)

@@ -24,6 +24,13 @@ PREFERRED = ("file_cam_on_image", "file_lrp_heatmap", "file_png_overlay", "file_
 SHEET_MAX_IMAGES = 64
 SHEET_PAD, SHEET_HEADER, SHEET_LABEL = 4, 40, 14
 
+#: The metric summary page (``report.write_report``) beside index.html. The runner writes the gallery
+#: before the summary and a later summary may appear beside an older gallery, so the link follows the
+#: file, whichever comes first: ``write_gallery`` links the page when it exists and otherwise leaves
+#: ``SUMMARY_SLOT``, which ``link_summary`` (called once the page is written) turns into the link.
+SUMMARY_PAGE = "summary.html"
+SUMMARY_SLOT = "<!-- cnnviz: link to the metric summary -->"
+
 
 def _text(value) -> str:
     return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
@@ -91,7 +98,13 @@ def column_title(key: tuple) -> str:
                                 f"[{job}]" if job else "") if p)
 
 
-def index_html(frame: pd.DataFrame, cells_grid: Optional[Grid] = None) -> str:
+def summary_link(page: str = SUMMARY_PAGE) -> str:
+    return f'<p class=summary><a href="{html.escape(page)}">metric summary: ranking, box plots, curves</a></p>'
+
+
+def index_html(frame: pd.DataFrame, cells_grid: Optional[Grid] = None, summary: Optional[str] = None) -> str:
+    """The gallery page; ``summary``: the file name of the metric summary page to link (None: the
+    slot ``link_summary`` fills in later)."""
     images, columns, cells = cells_grid or grid(frame)
     head = "".join(f"<th>{html.escape(column_title(k))}</th>" for k in columns)
     body = []
@@ -113,6 +126,7 @@ def index_html(frame: pd.DataFrame, cells_grid: Optional[Grid] = None) -> str:
 td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:center}} img{{width:180px;height:auto;display:block;margin:auto}}
 .cap{{max-width:180px}}</style></head>
 <body><h1>cnnviz gallery</h1><p>{len(frame)} item(s); rows: images, columns: method @ layer</p>
+{summary_link(summary) if summary else SUMMARY_SLOT}
 <table><tr><th>input</th>{head}</tr>
 {chr(10).join(body)}
 </table></body></html>
@@ -181,5 +195,20 @@ def write_gallery(folder: Path, frame: pd.DataFrame) -> None:
     if frame.empty:
         return
     cells_grid = grid(frame)
-    atomic_write(folder / "index.html", index_html(frame, cells_grid).encode())
+    summary = SUMMARY_PAGE if (Path(folder) / SUMMARY_PAGE).is_file() else None
+    atomic_write(folder / "index.html", index_html(frame, cells_grid, summary).encode())
     atomic_write(folder / "contact_sheet.png", contact_sheet(frame, folder, cells_grid=cells_grid))
+
+
+def link_summary(folder: str | os.PathLike, page: str = SUMMARY_PAGE) -> bool:
+    """Link ``page`` from ``folder``'s index.html by filling its ``SUMMARY_SLOT``; False when there is no
+    index.html or no slot (already linked, or written before the slot existed)."""
+    index = Path(folder) / "index.html"
+    try:
+        text = index.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+    if SUMMARY_SLOT not in text:
+        return False
+    atomic_write(index, text.replace(SUMMARY_SLOT, summary_link(page), 1).encode("utf-8"))
+    return True

@@ -47,12 +47,12 @@ def ranked_by(frame: pd.DataFrame) -> Optional[str]:
     return next((c for c in PRIMARY if c in cols), next(iter(cols), None))  # else the first measured metric
 
 
-def summarize(frame: pd.DataFrame) -> pd.DataFrame:
-    """The ranked table (empty when ``frame`` has no metric values)."""
+def prepared(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, bool], list[str]]:
+    """The rows the table is made of: the ``ok`` rows with every measured metric column numeric (and
+    ``insertion_minus_deletion`` per row when both were measured), the group keys as strings (an
+    empty cell is ""); the measured columns -> higher is better; the group keys present."""
     ok = frame[frame["status"] == "ok"].copy() if "status" in frame else frame.copy()
     cols = measured(ok)
-    if not cols or ok.empty:
-        return pd.DataFrame()
     for c in cols:
         if c != DIFFERENCE:
             ok[c] = pd.to_numeric(ok[c], errors="coerce")
@@ -61,11 +61,21 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     keys = [k for k in GROUP if k in ok]
     for k in keys:
         ok[k] = ["" if not isinstance(v, str) and pd.isna(v) else str(v) for v in ok[k]]
+    return ok, cols, keys
+
+
+def summarize(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ranked table (empty when ``frame`` has no metric values). ``<metric>_n`` counts the maps
+    that have a value of the metric (a metric may skip a map, e.g. one without a class target)."""
+    ok, cols, keys = prepared(frame)
+    if not cols or ok.empty:
+        return pd.DataFrame()
     grouped = ok.groupby(keys, sort=False)
     table = grouped.size().rename("n").to_frame()
     for c in cols:
         table[f"{c}_mean"] = grouped[c].mean()
         table[f"{c}_std"] = grouped[c].std(ddof=1)
+        table[f"{c}_n"] = grouped[c].count()
     if "metrics_ms" in ok:
         table["metrics_ms_mean"] = grouped["metrics_ms"].apply(lambda s: pd.to_numeric(s, errors="coerce").mean())
     primary = ranked_by(ok)
@@ -110,24 +120,36 @@ def summary_plot(table: pd.DataFrame) -> bytes:
 
 
 def write_summary(folder: str | Path, frame: pd.DataFrame) -> pd.DataFrame:
-    """``summary.csv`` and ``summary.png`` in ``folder`` from a manifest frame; nothing is written
-    (and the empty table returned) when the frame has no metric values."""
+    """``summary.csv``, ``summary.png`` and the page ``summary.html`` (``report.write_report``: ranking
+    table, box plots, mean curves; linked from ``index.html``) in ``folder`` from a manifest frame;
+    nothing is written (and the empty table returned) when the frame has no metric values."""
+    from .report import write_report  # report builds on this module's table
+
     table = summarize(frame)
     if not table.empty:
         folder = Path(folder)
         atomic_write(folder / "summary.csv", table.to_csv(index=False).encode())
         atomic_write(folder / "summary.png", summary_plot(table))
+        write_report(folder, frame, table)
     return table
 
 
-def printable(table: pd.DataFrame) -> str:
-    """The table as text: rank, method, layer, n and ``mean ± std`` per metric."""
+def printable(table: pd.DataFrame, width: Optional[int] = None) -> str:
+    """The table as text: ``mean ± std`` per metric for each ``rank method @ layer`` (and model when
+    there are several), wrapped at ``width`` characters (default: the terminal's, else 160) in blocks
+    of metric columns, each block labelled by its rows, so that fourteen metrics stay readable."""
+    import shutil
+
     if table.empty:
         return "no metric values (run with metrics=[deletion,insertion,...])"
-    shown = table[[c for c in ["rank", "model", "method", "layer", "n"] if c in table]].copy()
+    several = "model" in table and table["model"].nunique() > 1
+    shown = pd.DataFrame(index=[f"{r['rank']:>3} {label(r)}" + (f" [{r['model']}]" if several else "")
+                                for _, r in table.iterrows()])
+    shown["n"] = table["n"].to_numpy()
     for c in [c[:-5] for c in table.columns if c.endswith("_mean") and c != "metrics_ms_mean"]:
         shown[c] = [f"{m:.3f} ± {s:.3f}" if pd.notna(s) else (f"{m:.3f}" if pd.notna(m) else "")
                     for m, s in zip(table[f"{c}_mean"], table[f"{c}_std"])]
     if "metrics_ms_mean" in table:
-        shown["metrics_ms"] = table["metrics_ms_mean"].round(0)
-    return f"ranked by {table.attrs.get('ranked_by')}\n" + shown.to_string(index=False)
+        shown["metrics_ms"] = table["metrics_ms_mean"].round(0).to_numpy()
+    width = width or shutil.get_terminal_size((160, 24)).columns
+    return f"ranked by {table.attrs.get('ranked_by')}\n" + shown.to_string(line_width=width)
