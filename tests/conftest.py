@@ -28,8 +28,21 @@ def image_cache(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(image_cache) -> Iterator[None]:
+    """CNNVIZ_HOME is the session's private cache from the first fixture on: module-scoped fixtures are set
+    up before function-scoped ones, and one that trained the benchmark CNN used to write to ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CNNVIZ_HOME", str(image_cache))
+    try:
+        yield
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(image_cache, monkeypatch):
+def _cache_kept(image_cache, monkeypatch):
+    """A test that moves CNNVIZ_HOME (monkeypatch) gets it back afterwards; one that changed it by hand too."""
     monkeypatch.setenv("CNNVIZ_HOME", str(image_cache))
 
 
@@ -73,15 +86,81 @@ def one_thread_everywhere() -> Iterator[None]:
 
 
 def run_cli(args: list[str], run_dir: Path, cache: Path, timeout: float = 300, multirun_dir: Path | None = None):
-    """Run ``python run.py`` as a user would; returns the CompletedProcess."""
+    """Run ``python run.py`` as a user would; returns the CompletedProcess. The process is a fork of a
+    process that has already imported run.py's dependencies (``tests/_zygote.py``), unless
+    ``CNNVIZ_TEST_FORK=0``: then a new interpreter, as a user's shell starts it."""
     env = {**os.environ, "CNNVIZ_HOME": str(cache), "HYDRA_FULL_ERROR": "0", "PYTHONUNBUFFERED": "1"}
     dirs = [f"hydra.run.dir={run_dir}"]
     if multirun_dir is not None:
         dirs.append(f"hydra.sweep.dir={multirun_dir}")
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args, *dirs],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )
+    argv = [sys.executable, str(ROOT / "run.py"), *args, *dirs]
+    # a launcher's worker processes (joblib's loky, submitit) hung at shutdown under a forked parent: those
+    # runs get a new interpreter
+    forked = os.environ.get("CNNVIZ_TEST_FORK", "1") != "0" and not any(a.startswith("hydra/launcher=") for a in args)
+    if forked and hasattr(os, "fork"):
+        return Zygote.shared().run(argv, ROOT, env, timeout)
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+class Zygote:
+    """The client side of ``tests/_zygote.py``: one zygote per test session, restarted if it died."""
+
+    _shared: "Zygote | None" = None
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_zygote.py"))], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    @classmethod
+    def shared(cls) -> "Zygote":
+        if cls._shared is None or cls._shared.proc.poll() is not None:
+            cls._shared = cls()
+        return cls._shared
+
+    @classmethod
+    def stop(cls) -> None:
+        if cls._shared is not None and cls._shared.proc.poll() is None:
+            cls._shared.proc.stdin.close()
+            cls._shared.proc.wait(timeout=30)
+        cls._shared = None
+
+    def _reply(self, key: str, timeout: float | None) -> int:
+        import json
+        import select
+
+        if timeout is not None and not select.select([self.proc.stdout], [], [], timeout)[0]:
+            raise TimeoutError
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the test zygote (tests/_zygote.py) exited with {self.proc.wait()}")
+        return int(json.loads(line)[key])
+
+    def run(self, argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        import json
+        import signal
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="run-cli-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            self.proc.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "env": env, "out": str(out),
+                                              "err": str(err)}) + "\n")
+            self.proc.stdin.flush()
+            pid = self._reply("pid", 600)  # the first call waits for the imports
+            try:
+                rc = self._reply("rc", timeout)
+            except TimeoutError:
+                os.killpg(pid, signal.SIGKILL)
+                self._reply("rc", 60)
+                raise subprocess.TimeoutExpired(argv, timeout, out.read_bytes(), err.read_bytes()) from None
+            return subprocess.CompletedProcess(argv, rc, out.read_text(errors="replace"), err.read_text(errors="replace"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _zygote_stopped() -> Iterator[None]:
+    yield
+    Zygote.stop()
 
 
 class TinyCNN(nn.Module):

@@ -2,6 +2,7 @@
 lines keep the wording and verdicts the benchmark has always printed (no peers needed)."""
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -144,3 +145,28 @@ def test_the_dataset_section_runs_end_to_end_in_a_tiny_configuration():
     lines = [l.strip() for l in out.stdout.splitlines() if l.strip().startswith(("MET", "MISSED"))]
     assert len(lines) == 4, out.stdout
     assert [l.split()[1] for l in lines] == ["dataset:"] * 4
+
+
+# --- the feature-visualisation scorer (benchmarks/feature_vis.py) ------------------------------------
+
+def test_the_held_out_views_are_seeded_and_an_identity_view_is_the_image_itself():
+    import torch
+
+    from benchmarks.feature_vis import held_out, view, views
+
+    assert views(5) == views(5) and views(5) != views(5, seed=2)
+    for v in views(50):
+        assert 0.5 - 1e-9 <= v["h"] * v["w"] <= 0.9 + 1e-9 or min(v["h"], v["w"]) == 1.0
+        assert v["top"] + v["h"] <= 1 + 1e-9 and v["left"] + v["w"] <= 1 + 1e-9 and abs(v["angle"]) <= 15
+    pixels = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    identity = {"top": 0.0, "left": 0.0, "h": 1.0, "w": 1.0, "angle": 0.0, "flip": False,
+                "brightness": 1.0, "contrast": 1.0, "saturation": 1.0}
+    assert torch.allclose(view(pixels, identity, 16), pixels, atol=1e-6)
+    assert torch.allclose(view(pixels, {**identity, "flip": True}, 16), pixels.flip(-1), atol=1e-6)
+
+    class Fixed(torch.nn.Module):  # class 2 wins on every view, class 0 comes second
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0, 3.0]]).expand(x.shape[0], 3)
+
+    p, rank = held_out(Fixed(), pixels, 0, views(4), 16)
+    assert rank == 1 and abs(p - math.exp(1) / (math.exp(1) + 1 + math.exp(3))) < 1e-6

@@ -247,3 +247,27 @@ def test_target_list_gives_one_item_per_target(tmp_path, image_cache):
     assert (tmp_path / "coffee_gradcam_bn2_t504_cam_on_image.png").is_file()
 
 
+
+
+@pytest.mark.slow  # end to end: run.py / script processes
+def test_run_cli_in_a_fork_behaves_as_a_new_interpreter(tmp_path, image_cache, monkeypatch):
+    """``run_cli`` forks a process that imported run.py's dependencies (tests/_zygote.py): the same exit
+    status and messages as ``python run.py``, the environment's thread count honoured, the cwd and env
+    of the call, and a timeout that kills the run."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runs = {}
+    for fork in ("1", "0"):
+        monkeypatch.setenv("CNNVIZ_TEST_FORK", fork)
+        bad = run_cli(["method=gradcm"], tmp_path / f"bad{fork}", image_cache)
+        good = ok(run_cli(["image=rocket", "method=vanilla_backprop"], tmp_path / f"good{fork}", image_cache))
+        runs[fork] = (bad, good, json.loads((tmp_path / f"good{fork}" / "env.json").read_text()))
+    (bad1, good1, env1), (bad0, good0, env0) = runs["1"], runs["0"]
+    assert bad1.returncode == bad0.returncode == 2 and bad1.stderr == bad0.stderr and bad1.stdout == bad0.stdout
+    assert env1["num_threads"] == env0["num_threads"] == 1
+    maps = lambda run: {k: v for k, v in snapshot(run).items() if k.endswith((".npy", ".png"))}  # noqa: E731
+    assert maps(tmp_path / "good1") == maps(tmp_path / "good0") != {}
+    monkeypatch.setenv("CNNVIZ_TEST_FORK", "1")
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_cli(["image=rocket", "method=smoothgrad", "method.smoothgrad.n_samples=500"], tmp_path / "slow", image_cache,
+                timeout=3)
+    ok(run_cli(["image=rocket", "method=vanilla_backprop"], tmp_path / "after", image_cache))  # the zygote still serves

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 
 SCRIPT = r'''
@@ -97,3 +99,14 @@ def test_importing_and_calling_cnnviz_leaves_the_process_as_it_was():
     assert seen["hydra"] == [], f"the library imported {seen['hydra']}"
     assert seen["fast_copy_after"] is False  # explain(fast_copy=True) applied it to its own call only
     assert seen["names"] > 20
+
+
+@pytest.fixture(scope="module")
+def home_seen_by_a_module_fixture():
+    return os.environ.get("CNNVIZ_HOME")
+
+
+def test_module_fixtures_already_see_the_private_cache(home_seen_by_a_module_fixture, image_cache):
+    """A module-scoped fixture that trains or caches (the benchmark CNN) writes into the session's cache, not
+    the user's ~/.cache: the cache variable is set before any fixture of a narrower scope runs."""
+    assert home_seen_by_a_module_fixture == str(image_cache)

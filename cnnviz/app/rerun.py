@@ -157,7 +157,7 @@ def _keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     out = []
     for key, value in cfg.items_ex(resolve=False):
         out.append(f"{prefix}{key}")
-        if isinstance(value, DictConfig):
+        if isinstance(value, DictConfig) and not value._is_none():  # an unset optional section (select: null)
             out.extend(_keys(value, f"{prefix}{key}."))
     return out
 

@@ -12,7 +12,9 @@ taken as 1 in the normalised input space):
 
 the TV sum running over the positions where both differences exist. The learning rate is
 multiplied by ``lr_decay`` every ``lr_decay_every`` steps, never at step 0. Metrics: the relative
-feature distance ‖Φ(x*) − Φ₀‖ / ‖Φ₀‖ (not squared) at the start and at the end.
+feature distance ‖Φ(x*) − Φ₀‖ / ‖Φ₀‖ (not squared) at the start and at the end. With ``transforms``
+(issue 26), x₀ gets the same random transform as x at every step, so Φ is compared position by
+position between aligned images; the reported distances are those of the untransformed images.
 
 Example::
 
@@ -76,6 +78,9 @@ class InvertedRepresentation(OptimizationMethod):
 
     def start(self, x, generator):
         return start_image(x, "noise", self.input_mean, self.input_std, generator)
+
+    def reference(self, seen, ctx):
+        return self.prepare(None, seen, None, None, None, ctx["read"])
 
     def feature_distance(self, img, ctx) -> torch.Tensor:
         """‖Φ(img) − Φ₀‖² / ‖Φ₀‖² per image."""

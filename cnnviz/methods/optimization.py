@@ -15,6 +15,15 @@ for item 0, the final picture (``final``, uint8), the snapshot frames (``snapsho
 every ``snapshot_every`` steps, the end) and the loss table (``loss``: step, loss, one column per
 term; the last row is the final image, without jitter). Everything random (noise starts,
 jitter) comes from a generator seeded with ``seed``, so a CPU run is bitwise repeatable.
+
+The image's parameters (issue 26; Olah et al. 2017, Mordvintsev et al. 2018): ``parametrization``
+``pixel`` (the image itself) or ``fft`` (1/f-scaled Fourier coefficients), ``decorrelate`` (ImageNet
+colour covariance square root), ``squash`` (``clamp`` or ``sigmoid`` into ``[0, 1]``) and
+``transforms`` (a random pad / jitter / scale / rotate stack applied before every forward, or
+``standard``), see ``_parametrization`` and ``_transforms``. ``pixel`` + ``clamp`` + no
+``decorrelate`` + no ``transforms`` is the loop described above, unchanged: the paper-faithful
+setting, byte for byte. Any other setting optimises the parameters instead; a technique's own
+pixel-space ``regularize`` (blur, decay, percentile clipping) then does not apply, and the row says so.
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ import dataclasses
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterator, Optional
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -38,6 +47,8 @@ from ..core.hooks import model_state_kept, removing
 from ..core.inputspace import stats
 from ..core.layers import resolve_layer
 from ..core.maps import to_numpy
+from ._parametrization import KINDS, SQUASHES, Parametrization, normalise
+from ._transforms import TransformStack, build_transforms, standard_transforms
 from .base import Method
 
 OPTIMIZERS = ("adam", "sgd")
@@ -206,6 +217,13 @@ class OptimizationMethod(Method):
     seed: int = param(0, min=0)
     input_mean: Optional[list[float]] = None
     input_std: Optional[list[float]] = param(None, gt=0)
+    parametrization: str = param("pixel", choices=KINDS, kind="image parametrization")
+    decorrelate: bool = False
+    squash: str = param("clamp", choices=SQUASHES, kind="squash")
+    #: the spectrum's fall-off for parametrization=fft: coefficients scaled by 1/f^fft_decay
+    fft_decay: float = param(1.0, min=0)
+    #: null, ``standard`` (Olah et al.'s stack) or a list of steps, e.g. ``[{pad: 12}, {jitter: 8}]``
+    transforms: Any = None
 
     # -- configuration
 
@@ -227,6 +245,36 @@ class OptimizationMethod(Method):
                 f"{self.key('lr_decay')} must be in (0, 1] and {self.key('lr_decay_every')} >= 0 (0: never), "
                 f"got {self.lr_decay} and {self.lr_decay_every}"
             )
+        if self.parametrization not in KINDS:
+            raise unknown("image parametrization", self.key("parametrization"), self.parametrization, KINDS)
+        if self.squash not in SQUASHES:
+            raise unknown("squash", self.key("squash"), self.squash, SQUASHES)
+        if not isinstance(self.decorrelate, bool):
+            raise ConfigError(f"{self.key('decorrelate')} must be true or false, got {self.decorrelate!r}")
+        if self.parametrization != "fft" and float(self.fft_decay) != 1.0:
+            raise ConfigError(f"{self.key('fft_decay')} applies to {self.key('parametrization')}=fft only; "
+                              "remove it or set parametrization=fft")
+        self.transform_stack()
+
+    def classic(self) -> bool:
+        """Pixels, clamped, no colour change, no transforms: the loop of the original papers."""
+        return (self.parametrization == "pixel" and self.squash == "clamp" and not self.decorrelate
+                and not len(self.transform_stack()))
+
+    def image_parametrization(self) -> Parametrization:
+        return Parametrization(kind=self.parametrization, decorrelate=bool(self.decorrelate), squash=self.squash,
+                               decay=float(self.fft_decay), key=f"method.{self.name}")
+
+    def transform_stack(self) -> TransformStack:
+        spec = self.transforms
+        if spec is None or spec == "none":
+            return TransformStack()
+        if spec == "standard":
+            return standard_transforms()
+        if isinstance(spec, str) or not all(isinstance(step, Mapping) for step in spec):
+            raise ConfigError(f"{self.key('transforms')} must be null, 'standard' or a list of steps such as "
+                              f"[{{pad: 12}}, {{jitter: 8}}, {{scale: [0.95, 1.05]}}, {{rotate: [-5, 5]}}], got {spec!r}")
+        return build_transforms(list(spec), key=self.key("transforms"))
 
     def check(self, model: nn.Module) -> None:
         self.check_params()
@@ -246,6 +294,12 @@ class OptimizationMethod(Method):
                generator: Optional[torch.Generator]) -> Losses:
         """Per-image loss to minimise; ``generator`` is None for the final, un-jittered evaluation."""
         raise NotImplementedError
+
+    def reference(self, seen: torch.Tensor, ctx: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """For a technique that compares the image with the input position by position (an inversion):
+        the ``prepare`` constants recomputed from ``seen``, the input under the same random transform as
+        the image at this step, so the two stay aligned. None (the default): nothing is compared."""
+        return None
 
     def regularize(self, img: torch.Tensor, grad: torch.Tensor, step: int) -> torch.Tensor:
         """The image after a step's regularisation (before the clamp); ``grad`` is that step's
@@ -279,6 +333,8 @@ class OptimizationMethod(Method):
     def descend(self, model: nn.Module, start: torch.Tensor, ctx: dict[str, Any], generator: torch.Generator,
                 trace: Trace, steps: int) -> torch.Tensor:
         """``steps`` steps of one optimiser (built once) on a copy of ``start``; returns the image."""
+        if not self.classic():
+            return self.descend_params(model, start, ctx, generator, trace, steps)
         img = start.detach().clone().requires_grad_(True)
         opt = self.make_optimizer(img)
         low, high = self.bounds(img)
@@ -304,6 +360,52 @@ class OptimizationMethod(Method):
         img.grad = None
         return img.detach()
 
+    def descend_params(self, model: nn.Module, start: torch.Tensor, ctx: dict[str, Any], generator: torch.Generator,
+                       trace: Trace, steps: int) -> torch.Tensor:
+        """``descend`` on the parameters of ``image_parametrization()``, started from the parameters of
+        ``start``'s pixels, with ``transform_stack()`` applied to the pixels before every forward;
+        returns the (untransformed) image in normalised space."""
+        para, stack = self.image_parametrization(), self.transform_stack()
+        mean, std = self.input_mean, self.input_std
+        size = tuple(start.shape[-2:])
+        # a start on the range's edge (init=zero: black) would sit where sigmoid has no gradient
+        pixels = to_pixels(start.detach(), mean, std).double().clamp(0.01, 0.99)
+        params = para.from_image(pixels).to(start.dtype).requires_grad_(True)
+        opt = self.make_optimizer(params)
+        compared = None
+        if type(self).reference is not OptimizationMethod.reference:
+            compared = to_pixels(ctx["input"], mean, std).expand(params.shape[0], -1, -1, -1)
+        if type(self).regularize is not OptimizationMethod.regularize and trace.step == 0:
+            trace.notes.append(f"{self.name}: its pixel-space regularisation (blur, decay, clipping) applies to "
+                               f"parametrization=pixel with squash=clamp and no transforms only; here the "
+                               f"{self.parametrization} parametrization and the transforms take its place")
+        for i in tqdm(range(steps), desc=self.name, unit="step", disable=None, leave=False):
+            for group in opt.param_groups:
+                group["lr"] = self.lr_at(i)
+            with torch.enable_grad():
+                seen, step_ctx = para.to_image(params, size), ctx
+                if len(stack) and compared is not None:  # one draw for image and input: they stay aligned
+                    both = stack(torch.cat([seen, compared]), generator)
+                    seen = both[:len(compared)]
+                    with torch.no_grad():
+                        step_ctx = {**ctx, **self.reference(normalise(both[len(compared):], mean, std), ctx)}
+                elif len(stack):
+                    seen = stack(seen, generator)
+                loss, terms = self.losses(model, normalise(seen, mean, std), step_ctx, generator)
+                (grad,) = torch.autograd.grad(loss.sum(), params)
+            trace.record(trace.step, loss.detach(), {k: v.detach() for k, v in terms.items()})
+            if trace.step == 0 and not bool(grad[:1].any()):
+                trace.notes.append(f"{self.name}: the gradient is zero at the start image, so nothing moves")
+            params.grad = grad
+            opt.step()
+            trace.step += 1
+            if trace.step % self.snapshot_every == 0:
+                with torch.no_grad():
+                    trace.frames.append(picture(para.to_input(params, mean, std, size), mean, std, trace.size))
+        params.grad = None
+        with torch.no_grad():
+            return para.to_input(params.detach(), mean, std, size)
+
     def attribute(self, model, x, target, layer):
         if x.shape[0] > 1:  # each image on its own, so its result does not depend on the batch it came in
             each = [target[b] if isinstance(target, (list, tuple)) else target for b in range(x.shape[0])]
@@ -320,7 +422,7 @@ class OptimizationMethod(Method):
                 logits = model(x)  # the full network, before the layer reader cuts it short
             with layer_reader(model, layer) if layer else _no_reader() as read:
                 with torch.no_grad():
-                    ctx = {"read": read, **self.prepare(model, x, target, layer, logits, read)}
+                    ctx = {"read": read, "input": x, **self.prepare(model, x, target, layer, logits, read)}
                 start = self.start(x, generator)
                 trace = Trace(size=tuple(x.shape[-2:]))
                 trace.frames.append(picture(start, self.input_mean, self.input_std, trace.size))
