@@ -1,14 +1,16 @@
 """Class visualisations judged by a number adversarial texture cannot game (issue 26), next to lucent.
 
-    python -m benchmarks.feature_vis [--targets 130 11] [--steps 256] [--views 32] [--settings classic fft]
+    python -m benchmarks.feature_vis [--targets 130 11] [--steps 256] [--views 32] [--seeds 3] [--settings classic fft]
 
 Each setting makes one image per target on efficientnet_lite0 (embedded weights, 224 px, mean = std =
-0.5), ``steps`` Adam steps at lr 0.05, seed 0, then scores it on ``views`` random views the optimiser
+0.5), ``steps`` Adam steps at lr 0.05, seeds 0..``seeds``-1, then scores it on ``views`` random views the optimiser
 never used: a random resized crop (50-90 % of the area, aspect 3/4..4/3), a rotation in ±15°, a
 horizontal flip half the time, and brightness / contrast / saturation factors in 0.8..1.2 (one seeded
 draw list, the same views for every setting). Per setting and target it prints the time, p(target)
 averaged over the views, the median rank of the target among the 1000 classes, and the same two numbers
 from a different network (efficientnet_lite2, its own 260 px input, embedded weights): transferability.
+With several seeds each number is the mean over the images, ± their standard deviation; one image's
+score moves a lot with the seed, so compare settings over several.
 
 Settings: ``classic`` (cnnviz, parametrization=pixel, clamp, no transforms: Simonyan et al.'s setting,
 from the mean colour), ``fft`` (cnnviz, parametrization=fft, decorrelate, sigmoid, transforms=standard),
@@ -75,18 +77,18 @@ def held_out(model: torch.nn.Module, pixels: torch.Tensor, target: int, vs: list
     return float(probs[:, target].mean()), float(ranks.median())
 
 
-def cnnviz_image(model, target: int, steps: int, setting: dict, lr: float = 0.05) -> torch.Tensor:
-    m = get_method("class_model")(input_mean=HALF, input_std=HALF, steps=steps, lr=lr, seed=0,
+def cnnviz_image(model, target: int, steps: int, setting: dict, lr: float = 0.05, seed: int = 0) -> torch.Tensor:
+    m = get_method("class_model")(input_mean=HALF, input_std=HALF, steps=steps, lr=lr, seed=seed,
                                   snapshot_every=steps, **setting)
     attr = m(model, torch.zeros(1, 3, SIZE, SIZE), target)
     return torch.from_numpy(attr.values).float() * 0.5 + 0.5
 
 
-def lucent_image(model, target: int, steps: int) -> torch.Tensor:
+def lucent_image(model, target: int, steps: int, seed: int = 0) -> torch.Tensor:
     from lucent.optvis import objectives, param, render, transform
 
-    torch.manual_seed(0)  # lucent's start
-    np.random.seed(0)  # lucent's transforms draw from numpy's global generator
+    torch.manual_seed(seed)  # lucent's start
+    np.random.seed(seed)  # lucent's transforms draw from numpy's global generator
     normalise = lambda x: (x - 0.5) / 0.5  # noqa: E731
     images = render.render_vis(
         model, objectives.channel("classifier", target), lambda: param.image(SIZE, fft=True, decorrelate=True),
@@ -100,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--targets", type=int, nargs="+", default=[130])
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--views", type=int, default=32)
+    ap.add_argument("--seeds", type=int, default=1, help="images per setting and target (seeds 0..n-1): mean ± sd")
     ap.add_argument("--lr", type=float, default=0.05, help="cnnviz's Adam learning rate (lucent keeps its 0.05)")
     ap.add_argument("--settings", nargs="+", default=["classic", "fft", "lucent"], choices=["classic", "fft", "lucent"])
     ap.add_argument("--save", type=Path, default=None, help="a folder for the images (PNG)")
@@ -112,31 +115,36 @@ def main(argv=None) -> int:
     vs = views(args.views)
     print(f"efficientnet_lite0, {args.steps} steps, {args.views} held-out views; transfer: efficientnet_lite2; "
           f"{torch.get_num_threads()} threads")
-    print(f"{'setting':8} {'target':>6} {'time s':>7} {'p(target)':>9} {'rank':>5} {'lite2 p':>8} {'rank':>5}")
+    print(f"{'setting':8} {'target':>6} {'time s':>7} {'p(target)':>11} {'rank':>9} {'lite2 p':>11} {'rank':>9}")
     times: dict[str, float] = {}
     for name in args.settings:
         for target in args.targets:
-            start = time.perf_counter()
+            scores, took = [], 0.0
             try:
-                if name == "lucent":
-                    pixels = lucent_image(model, target, args.steps)
-                else:
-                    pixels = cnnviz_image(model, target, args.steps, FFT if name == "fft" else {}, args.lr)
+                for seed in range(args.seeds):
+                    start = time.perf_counter()
+                    if name == "lucent":
+                        pixels = lucent_image(model, target, args.steps, seed)
+                    else:
+                        pixels = cnnviz_image(model, target, args.steps, FFT if name == "fft" else {}, args.lr, seed)
+                    took += time.perf_counter() - start
+                    resized = F.interpolate(pixels, size=(TRANSFER_SIZE,) * 2, mode="bilinear", align_corners=False)
+                    scores.append((*held_out(model, pixels, target, vs, SIZE),
+                                   *held_out(other, resized, target, vs, TRANSFER_SIZE)))
+                    if args.save:
+                        from PIL import Image
+
+                        args.save.mkdir(parents=True, exist_ok=True)
+                        Image.fromarray((pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+                            args.save / f"{name}_{target}_seed{seed}.png")
             except ImportError as e:
                 print(f"{name:8} skipped: {e}")
                 break
-            took = time.perf_counter() - start
             times[name] = times.get(name, 0.0) + took
-            p, rank = held_out(model, pixels, target, vs, SIZE)
-            p2, rank2 = held_out(other, F.interpolate(pixels, size=(TRANSFER_SIZE,) * 2, mode="bilinear",
-                                                      align_corners=False), target, vs, TRANSFER_SIZE)
-            print(f"{name:8} {target:6d} {took:7.1f} {p:9.3f} {rank:5.0f} {p2:8.3f} {rank2:5.0f}", flush=True)
-            if args.save:
-                from PIL import Image
-
-                args.save.mkdir(parents=True, exist_ok=True)
-                Image.fromarray((pixels[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
-                    args.save / f"{name}_{target}.png")
+            a = np.asarray(scores)
+            cell = lambda j, f: f"{a[:, j].mean():{f}}" + (f"±{a[:, j].std():.2f}" if len(a) > 1 else "")  # noqa: E731
+            print(f"{name:8} {target:6d} {took / len(a):7.1f} {cell(0, '.3f'):>11} {cell(1, '.0f'):>9} "
+                  f"{cell(2, '.3f'):>11} {cell(3, '.0f'):>9}", flush=True)
     if "fft" in times and "lucent" in times:
         print(f"time ratio cnnviz fft / lucent: {times['fft'] / times['lucent']:.2f}")
     return 0

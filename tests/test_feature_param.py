@@ -73,7 +73,11 @@ def test_fft_params_project_onto_canonical_ones():
 
 def test_colour_matrix_is_an_exact_invertible_square_root_of_imagenet_covariance():
     m, inv = colour_matrix(), colour_matrix_inverse()
-    assert m.dtype == D and torch.allclose(m, m.T, atol=0)  # symmetric square root
+    assert m.dtype == D
+    # the columns are the covariance's principal axes, largest first: Mᵀ Σ M is diagonal and decreasing
+    projected = m.T @ imagenet_covariance() @ m
+    assert torch.allclose(projected, torch.diag(torch.diagonal(projected)), atol=1e-15)
+    assert bool((torch.diagonal(projected).diff() < 0).all())
     assert torch.allclose(m @ inv, torch.eye(3, dtype=D), atol=1e-12)
     assert torch.allclose(inv @ m, torch.eye(3, dtype=D), atol=1e-12)
     # M Mᵀ is the covariance up to the one scale that gives M unit spectral norm

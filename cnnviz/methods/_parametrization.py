@@ -72,8 +72,8 @@ def imagenet_covariance(dtype: torch.dtype = torch.float64) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def _colour_matrix64() -> torch.Tensor:
     evals, evecs = torch.linalg.eigh(imagenet_covariance(torch.float64))
-    root = evecs @ torch.diag(evals.sqrt()) @ evecs.T
-    root = (root + root.T) / 2  # exactly symmetric
+    evals, evecs = evals.flip(0), evecs.flip(1)  # largest first: latent 0 is the luminance-like axis
+    root = evecs @ torch.diag(evals.sqrt())
     return root / torch.linalg.matrix_norm(root, ord=2)
 
 
@@ -83,12 +83,18 @@ def _colour_matrix_inverse64() -> torch.Tensor:
 
 
 def colour_matrix(dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """The fixed colour map ``M``: the symmetric square root of ImageNet's colour covariance ``Σ``
-    (``imagenet_covariance``), divided by its largest singular value so that a unit latent step
-    moves a pixel's colour by at most one unit (the leading, luminance-like direction gets gain 1,
-    the two chroma directions about 0.29 and 0.14). The published eigenvectors are orthonormal to
-    four decimals only, so the root is taken of ``Σ`` itself (``eigh``), which makes
-    ``M Mᵀ = Σ / λ_max`` hold to float64 precision. Computed once, in float64."""
+    """The fixed colour map ``M = U Λ^½ / √λ_max``: a square root of ImageNet's colour covariance
+    ``Σ = U Λ Uᵀ`` (``imagenet_covariance``) whose columns are the principal axes, largest first, so
+    that each latent colour coordinate is one independent direction (luminance-like, then two chroma
+    ones with gains about 0.29 and 0.14); a unit latent step moves a pixel's colour by at most one unit.
+
+    Why the principal-axes root and not the symmetric one (``U Λ^½ Uᵀ``, which also gives ``M Mᵀ ∝ Σ``):
+    Adam scales every coordinate on its own, so it is not indifferent to a rotation of the latent space.
+    Class images made on efficientnet_lite0 transfer better to another network with this root
+    (``benchmarks/feature_vis.py``; the numbers are in docs/performance.md).
+    The published eigenvectors are orthonormal to four decimals only, so the axes are taken from ``Σ``
+    itself (``eigh``), which makes ``M Mᵀ = Σ / λ_max`` hold to float64 precision. Computed once, in
+    float64."""
     return _colour_matrix64().to(dtype, copy=True)
 
 
