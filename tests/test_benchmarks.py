@@ -170,3 +170,12 @@ def test_the_held_out_views_are_seeded_and_an_identity_view_is_the_image_itself(
 
     p, rank = held_out(Fixed(), pixels, 0, views(4), 16)
     assert rank == 1 and abs(p - math.exp(1) / (math.exp(1) + 1 + math.exp(3))) < 1e-6
+
+    # a model handed over in train mode is scored as in eval mode (BatchNorm's running statistics, not
+    # the views' own) and handed back in train mode
+    torch.manual_seed(0)
+    bn = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 4))
+    bn[0].running_mean.fill_(0.3)
+    bn[0].running_var.fill_(2.0)
+    want = held_out(bn.eval(), pixels, 1, views(4), 16)
+    assert held_out(bn.train(), pixels, 1, views(4), 16) == want and bn.training and bn[0].training

@@ -229,9 +229,12 @@ def test_empty_stack_is_the_identity():
         assert len(stack) == 0 and stack(img, torch.Generator()) is img
 
 
-def test_transforms_are_deterministic_for_a_seed_and_differ_between_seeds():
+@pytest.mark.parametrize("name", ["standard", "robust"])
+def test_transforms_are_deterministic_for_a_seed_and_differ_between_seeds(name):
+    from cnnviz.methods._transforms import NAMED
+
     img = pixels((2, 3, 32, 32), dtype=torch.float32)
-    stack = standard_transforms()
+    stack = NAMED[name]()
     a = stack(img, torch.Generator().manual_seed(0))
     torch.manual_seed(123)  # the global generator plays no part
     b = stack(img, torch.Generator().manual_seed(0))
@@ -242,6 +245,17 @@ def test_transforms_are_deterministic_for_a_seed_and_differ_between_seeds():
     g = torch.Generator().manual_seed(0)
     first, second = stack(img, g), stack(img, g)
     assert torch.equal(first, a) and (first.shape != second.shape or not torch.equal(first, second))
+
+
+def test_the_named_stacks_are_the_documented_steps():
+    from cnnviz.methods._transforms import robust_transforms
+
+    pad, jit, scale, rot, jit2 = standard_transforms().steps
+    assert (pad, jit, jit2) == (Pad(12), Jitter(8), Jitter(4))
+    assert scale.factors == pytest.approx([0.9 + 0.02 * i for i in range(11)]) and rot.degrees == tuple(range(-10, 11))
+    pad, jit, scale, rot, jit2 = robust_transforms().steps
+    assert (pad, jit, jit2) == (Pad(16), Jitter(16), Jitter(8))
+    assert scale.factors == pytest.approx([0.8 + 0.05 * i for i in range(9)]) and rot.degrees == tuple(range(-15, 16, 3))
 
 
 def test_gradients_flow_through_every_step():

@@ -162,6 +162,8 @@ FREE = {
     "weakly_supervised_segmentation.source": "a technique, checked (with close matches) when the object is built",
     "class_segmentation.source": "a technique, checked (with close matches) when the object is built",
     "*.input_mean": "any mean colour",
+    "*.objective": "an objective expression, parsed (names checked with close matches) when the object is built",
+    "*.diversity_layer": "a module name, resolved against the model when the technique runs",
 }
 
 

@@ -14,7 +14,8 @@ logits) to one value per image ``(B,)`` to *maximise*. Objectives compose::
 
 ``parse_objective("class_logit(130) - 1e-3*l2")`` builds the same from a config string; each name
 is looked up in a strict registry (an unknown one lists close matches). ``probing(model, objective)``
-places the hooks the objective needs for the ``with`` block only and returns ``probe(x, pixels)``.
+places the hooks the objective needs for the ``with`` block and returns ``probe(x, pixels)``; the
+hooks act during ``probe`` calls only.
 """
 from __future__ import annotations
 
@@ -64,6 +65,11 @@ class Objective:
     def __call__(self, probe: Probe) -> torch.Tensor:
         raise NotImplementedError
 
+    def bind(self, target: Optional[Sequence[int]]) -> "Objective":
+        """This objective with the run's ``target`` classes filled in where it left them open
+        (``class_logit`` without an index); the others are returned as they are."""
+        return self
+
     # composition
 
     def terms(self) -> tuple[tuple[float, "Objective"], ...]:
@@ -100,6 +106,9 @@ class Sum(Objective):
 
     def terms(self) -> tuple[tuple[float, Objective], ...]:
         return self._terms
+
+    def bind(self, target: Optional[Sequence[int]]) -> "Objective":
+        return Sum(tuple((w, o.bind(target)) for w, o in self._terms))
 
     def parts(self, probe: Probe) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -138,14 +147,25 @@ def _spatial_mean(t: torch.Tensor) -> torch.Tensor:
 @OBJECTIVES.register("class_logit")
 class ClassLogit(Objective):
     """The logit of class ``index`` (one int for every image, or one per image): Simonyan et al.'s
-    class model score, before the softmax so that other classes are not pushed down instead."""
+    class model score, before the softmax so that other classes are not pushed down instead.
+    Without an index, the run's target (``bind``)."""
 
     needs_logits = True
 
-    def __init__(self, index: Union[int, Sequence[int]]):
+    def __init__(self, index: Union[int, Sequence[int], None] = None):
         self.index = index
 
+    def bind(self, target: Optional[Sequence[int]]) -> "Objective":
+        if self.index is not None:
+            return self
+        if not target:
+            raise ConfigError("objective class_logit has no index and the row has no target class; "
+                              "write class_logit(<class index>) or set target=<class index>")
+        return ClassLogit(int(target[0]) if len(target) == 1 else list(target))
+
     def __call__(self, probe: Probe) -> torch.Tensor:
+        if self.index is None:
+            raise ConfigError("objective class_logit has no index; write class_logit(<class index>)")
         logits = probe.logits
         b, classes = logits.shape[0], logits.shape[-1]
         index = list(self.index) if isinstance(self.index, (list, tuple)) else [int(self.index)] * b
@@ -157,7 +177,7 @@ class ClassLogit(Objective):
         return logits.reshape(b, -1)[torch.arange(b, device=logits.device), torch.tensor(index, device=logits.device)]
 
     def __repr__(self) -> str:
-        return f"class_logit({self.index})"
+        return "class_logit" if self.index is None else f"class_logit({self.index})"
 
 
 class _LayerObjective(Objective):
@@ -374,6 +394,34 @@ class _Reached(Exception):
 
 
 @contextmanager
+def capturing(model: nn.Module, layers: Sequence[str]) -> Iterator[dict]:
+    """A dict that, during the ``with`` block, holds the output of each of ``layers`` from the forward
+    passes the model runs (the first call of a module in a pass, until the caller clears the dict);
+    nothing stops the pass. Hooks removed in ``finally``; downstream modules get a clone, so an
+    in-place op after the layer never alters what was kept."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str) -> Callable:
+        def hook(_module, _inputs, output):
+            return _keep(captured, name, output).clone()
+
+        return hook
+
+    with removing([resolve_layer(model, n).register_forward_hook(make_hook(n)) for n in layers]):
+        yield captured
+
+
+def _keep(captured: dict, name: str, output: Any) -> torch.Tensor:
+    if not isinstance(output, torch.Tensor):
+        raise ConfigError(f"layer '{name}' returns {type(output).__name__}, not a tensor; "
+                          "choose a module that outputs a single tensor")
+    # a module called more than once in a pass (a shared ReLU) is read at its first call,
+    # the one the early stop would see
+    captured.setdefault(name, output)
+    return output
+
+
+@contextmanager
 def probing(model: nn.Module, objective: Objective) -> Iterator[Callable[..., Probe]]:
     """``probe(x, pixels=None) -> Probe`` for the ``with`` block: one forward hook per layer the
     objective reads, removed in ``finally``. The hooks keep the module's own output and pass a clone
@@ -384,15 +432,13 @@ def probing(model: nn.Module, objective: Objective) -> Iterator[Callable[..., Pr
     modules = [resolve_layer(model, name) for name in layers]
     captured: dict[str, torch.Tensor] = {}
     stop_early = not objective.needs_logits
+    probing_now = False
 
     def make_hook(name: str) -> Callable:
         def hook(_module, _inputs, output):
-            if not isinstance(output, torch.Tensor):
-                raise ConfigError(f"layer '{name}' returns {type(output).__name__}, not a tensor; "
-                                  "choose a module that outputs a single tensor")
-            # a module called more than once in a pass (a shared ReLU) is read at its first call,
-            # the one the early stop would see
-            captured.setdefault(name, output)
+            if not probing_now:  # another forward pass in the block (a metric's) runs untouched
+                return None
+            _keep(captured, name, output)
             if stop_early and len(captured) == len(layers):
                 raise _Reached
             return output.clone()
@@ -400,13 +446,17 @@ def probing(model: nn.Module, objective: Objective) -> Iterator[Callable[..., Pr
         return hook
 
     def probe(x: torch.Tensor, pixels: Optional[torch.Tensor] = None) -> Probe:
+        nonlocal probing_now
         captured.clear()
         logits = None
         if layers or objective.needs_logits:
+            probing_now = True
             try:
                 logits = model(x)
             except _Reached:
                 pass
+            finally:
+                probing_now = False
         missing = [n for n in layers if n not in captured]
         if missing:
             raise ConfigError(f"layer '{missing[0]}' never ran in the forward pass; choose a layer the model calls")

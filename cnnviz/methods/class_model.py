@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -59,11 +60,19 @@ class ClassScoreMethod(OptimizationMethod):
 @register("class_model")
 @dataclass
 class ClassModel(ClassScoreMethod):
-    steps: int = 30
-    lr: float = 0.05
-    snapshot_every: int = 3
-    l2_weight: float = param(1e-3, min=0)
+    parametrization: str = "fft"
+    steps: Optional[int] = None
+    lr: Optional[float] = None
+    snapshot_every: Optional[int] = None
+    l2_weight: Optional[float] = param(None, min=0)
     init: str = param("mean", choices=INITS, kind="start image")
+
+    #: ``pixel``: the paper's setting (Simonyan et al. §2); ``fft`` (the default): Olah et al.'s
+    #: decorrelated Fourier image under the ``robust`` transforms, where the L2 penalty is not needed (the
+    #: sigmoid bounds the pixels); 512 steps, because the images made in 256 still vary a lot with the
+    #: seed on views the optimiser never saw (benchmarks/feature_vis.py, docs/performance.md)
+    SETTINGS = {"pixel": {"steps": 30, "lr": 0.05, "snapshot_every": 3, "l2_weight": 1e-3},
+                "fft": {"steps": 512, "lr": 0.05, "snapshot_every": 32, "l2_weight": 0.0, "transforms": "robust"}}
 
     def check_params(self):
         super().check_params()

@@ -67,14 +67,14 @@ class DeepDream(OptimizationMethod):
     def start(self, x, generator):
         return x.clone()
 
-    def objective(self, img, ctx) -> torch.Tensor:
+    def layer_objective(self, img, ctx) -> torch.Tensor:
         act = ctx["read"](img)
         if self.filter is not None:
             return filter_of(act, self.filter, self.name, ctx["layer"]).flatten(1).mean(1)
         return act.pow(2).flatten(1).mean(1)
 
     def losses(self, model, img, ctx, generator):
-        value = self.objective(img if generator is None else jitter(img, self.jitter, generator), ctx)
+        value = self.layer_objective(img if generator is None else jitter(img, self.jitter, generator), ctx)
         return -value, {"objective": value}
 
     def optimize(self, model, start, ctx, generator, trace):
@@ -91,5 +91,5 @@ class DeepDream(OptimizationMethod):
         return img
 
     def metrics(self, model, x, start, final, ctx):
-        return {"layer_objective_before": float(self.objective(x, ctx)[0]),
-                "layer_objective_after": float(self.objective(final, ctx)[0])}
+        return {"layer_objective_before": float(self.layer_objective(x, ctx)[0]),
+                "layer_objective_after": float(self.layer_objective(final, ctx)[0])}

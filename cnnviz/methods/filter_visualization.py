@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from ..core.constraints import param
 from ..core.errors import ConfigError
@@ -31,14 +32,20 @@ from .optimization import OptimizationMethod, filter_of, gaussian_blur, jitter, 
 class FilterVisualization(OptimizationMethod):
     needs_layer = True
     uses_target = False
-    steps: int = 30
-    lr: float = 0.1
-    snapshot_every: int = 3
+    parametrization: str = "fft"
+    steps: Optional[int] = None
+    lr: Optional[float] = None
+    snapshot_every: Optional[int] = None
     filter: int = param(0, min=0)
-    jitter: int = param(4, min=0)
+    jitter: Optional[int] = param(None, min=0)
     decay: float = param(0.0, min=0, lt=1)
-    blur_every: int = param(4, min=0)
+    blur_every: Optional[int] = param(None, min=0)
     blur_sigma: float = param(1.0, min=0)
+
+    #: ``pixel``: the classic loop (jitter, periodic blur); ``fft`` (the default): the decorrelated
+    #: Fourier image under the standard transforms, which take the place of jitter and blur
+    SETTINGS = {"pixel": {"steps": 30, "lr": 0.1, "snapshot_every": 3, "jitter": 4, "blur_every": 4},
+                "fft": {"steps": 256, "lr": 0.05, "snapshot_every": 16, "jitter": 0, "blur_every": 0}}
 
     def check_params(self):
         super().check_params()
@@ -62,6 +69,9 @@ class FilterVisualization(OptimizationMethod):
     def losses(self, model, img, ctx, generator):
         act = self.activation(img if generator is None else jitter(img, self.jitter, generator), ctx)
         return -act, {"activation": act}
+
+    def regularizes(self):
+        return bool(self.decay) or bool(self.blur_every and self.blur_sigma)
 
     def regularize(self, img, grad, step):
         if self.decay:

@@ -20,13 +20,20 @@ The image's parameters (issue 26; Olah et al. 2017, Mordvintsev et al. 2018): ``
 ``pixel`` (the image itself) or ``fft`` (1/f-scaled Fourier coefficients), ``decorrelate`` (ImageNet
 colour covariance square root), ``squash`` (``clamp`` or ``sigmoid`` into ``[0, 1]``) and
 ``transforms`` (a random pad / jitter / scale / rotate stack applied before every forward, or
-``standard``), see ``_parametrization`` and ``_transforms``. ``pixel`` + ``clamp`` + no
-``decorrelate`` + no ``transforms`` is the loop described above, unchanged: the paper-faithful
-setting, byte for byte. Any other setting optimises the parameters instead; a technique's own
-pixel-space ``regularize`` (blur, decay, percentile clipping) then does not apply, and the row says so.
+``standard``), see ``_parametrization`` and ``_transforms``. ``parametrization`` decides the rest:
+every field left at None takes the value of its ``setting`` (``BASE_SETTINGS`` updated with the
+technique's ``SETTINGS``), a field given a value keeps it. ``pixel`` + ``clamp`` + no ``decorrelate``
++ no ``transforms`` is the loop described above, unchanged: the paper-faithful setting, byte for byte.
+Any other setting optimises the parameters instead; a technique's own pixel-space ``regularize``
+(blur, decay, percentile clipping) then does not apply, and the row says so.
+
+``objective`` (an expression of ``_objectives``) replaces the technique's own loss; ``batch`` makes k
+images per input together, pushed apart by ``diversity`` times the batch's Gram diversity; the row's
+map is image 0, the others are kept in ``extras`` (``batch``, ``batch_values``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from contextlib import contextmanager
@@ -47,8 +54,9 @@ from ..core.hooks import model_state_kept, removing
 from ..core.inputspace import stats
 from ..core.layers import resolve_layer
 from ..core.maps import to_numpy
+from ._objectives import Diversity, Probe, Sum, capturing, parse_objective, probing
 from ._parametrization import KINDS, SQUASHES, Parametrization, normalise
-from ._transforms import TransformStack, build_transforms, standard_transforms
+from ._transforms import NAMED, TransformStack, build_transforms
 from .base import Method
 
 OPTIMIZERS = ("adam", "sgd")
@@ -178,6 +186,8 @@ class Trace:
     frames: list[np.ndarray] = field(default_factory=list)
     step: int = 0
     notes: list[str] = field(default_factory=list)
+    #: the gradient was zero at the start: the row says so, and not also that the loss did not fall
+    stuck: bool = False
 
     def record(self, step: int, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
         row = {"step": float(step), "loss": float(loss[0]), **{k: float(v[0]) for k, v in terms.items()}}
@@ -206,6 +216,8 @@ class OptimizationMethod(Method):
     batch_rows: ClassVar[bool] = False
     renders: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[tuple[str, ...]] = ("png:final", "strip:snapshots", "gif:snapshots", "csv:loss", "plot:loss")
+    #: what an instance with ``batch`` > 1 writes as well (its ``writes`` then lists them)
+    BATCH_WRITES: ClassVar[tuple[str, ...]] = ("strip:batch", "npy:batch_values")
 
     steps: int = param(100, min=1)
     lr: float = param(0.1, gt=0)
@@ -218,12 +230,57 @@ class OptimizationMethod(Method):
     input_mean: Optional[list[float]] = None
     input_std: Optional[list[float]] = param(None, gt=0)
     parametrization: str = param("pixel", choices=KINDS, kind="image parametrization")
-    decorrelate: bool = False
-    squash: str = param("clamp", choices=SQUASHES, kind="squash")
+    #: None (null in config): follows ``parametrization`` (``SETTINGS``), as do the fields a technique
+    #: declares None
+    decorrelate: Optional[bool] = None
+    squash: Optional[str] = param(None, choices=SQUASHES, kind="squash")
     #: the spectrum's fall-off for parametrization=fft: coefficients scaled by 1/f^fft_decay
     fft_decay: float = param(1.0, min=0)
-    #: null, ``standard`` (Olah et al.'s stack) or a list of steps, e.g. ``[{pad: 12}, {jitter: 8}]``
+    #: ``none``, ``standard`` (Olah et al.'s stack) or a list of steps, e.g. ``[{pad: 12}, {jitter: 8}]``;
+    #: None follows ``parametrization``
     transforms: Any = None
+    #: an objective expression (``_objectives.parse_objective``) that replaces the technique's own loss,
+    #: e.g. ``channel('blocks.4', 5) - 0.5*tv``; ``class_logit`` without an index is the row's target
+    objective: Optional[str] = None
+    #: images made together per input and target; with more than one, ``diversity`` times the Gram
+    #: diversity at ``diversity_layer`` joins the objective (Olah et al. 2017, "Diversity")
+    batch: int = param(1, min=1)
+    #: None: ``DIVERSITY`` with a batch of several images and the technique's own loss, else 0
+    diversity: Optional[float] = param(None, min=0)
+    #: None: the technique's layer, or for a technique without one the last layer of the model with a
+    #: spatial map
+    diversity_layer: Optional[str] = None
+
+    #: the weight of the diversity term a batch of several images gets by default
+    DIVERSITY: ClassVar[float] = 10.0
+    #: what the fields left at None become, per parametrization: the setting every technique shares
+    #: (``BASE_SETTINGS``) updated with the technique's own; ``pixel`` is the paper's loop
+    SETTINGS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    BASE_SETTINGS: ClassVar[Mapping[str, Mapping[str, Any]]] = {
+        "pixel": {"decorrelate": False, "squash": "clamp", "transforms": "none"},
+        "fft": {"decorrelate": True, "squash": "sigmoid", "transforms": "standard"},
+    }
+
+    def __post_init__(self) -> None:
+        self.resolve_setting()
+        super().__post_init__()
+        if self.batch > 1:  # an instance attribute: the class's declaration stays what every instance writes
+            self.writes = type(self).writes + self.BATCH_WRITES
+
+    def resolve_setting(self) -> None:
+        """Fill the fields left at None with the values of ``parametrization``'s setting; a field given
+        a value keeps it. An unknown parametrization is left for ``check_params`` to name."""
+        for name, value in self.setting(self.parametrization).items():
+            if getattr(self, name, None) is None:
+                setattr(self, name, copy.deepcopy(value))
+        if self.diversity is None:
+            several = isinstance(self.batch, int) and self.batch > 1
+            self.diversity = self.DIVERSITY if several and self.objective is None else 0.0
+
+    @classmethod
+    def setting(cls, parametrization: str) -> dict[str, Any]:
+        """The values the None fields take under ``parametrization`` (empty for an unknown one)."""
+        return {**cls.BASE_SETTINGS.get(parametrization, {}), **cls.SETTINGS.get(parametrization, {})}
 
     # -- configuration
 
@@ -255,6 +312,15 @@ class OptimizationMethod(Method):
             raise ConfigError(f"{self.key('fft_decay')} applies to {self.key('parametrization')}=fft only; "
                               "remove it or set parametrization=fft")
         self.transform_stack()
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError(f"{self.key('batch')} must be an integer >= 1 (images per target), got {self.batch!r}")
+        if self.diversity and self.batch < 2:
+            raise ConfigError(f"{self.key('diversity')}={self.diversity} needs {self.key('batch')} >= 2: the term compares "
+                              "the images of one batch; set batch=k or diversity=0")
+        if self.objective is not None and self.diversity:
+            raise ConfigError(f"{self.key('diversity')} applies to the technique's own loss; with "
+                              f"{self.key('objective')} write the term into it, e.g. \"... + 10*diversity('blocks.4')\"")
+        self.parsed_objective()  # a bad expression fails here, before any model is loaded
 
     def classic(self) -> bool:
         """Pixels, clamped, no colour change, no transforms: the loop of the original papers."""
@@ -269,10 +335,11 @@ class OptimizationMethod(Method):
         spec = self.transforms
         if spec is None or spec == "none":
             return TransformStack()
-        if spec == "standard":
-            return standard_transforms()
+        if isinstance(spec, str) and spec in NAMED:
+            return NAMED[spec]()
         if isinstance(spec, str) or not all(isinstance(step, Mapping) for step in spec):
-            raise ConfigError(f"{self.key('transforms')} must be null, 'standard' or a list of steps such as "
+            raise ConfigError(f"{self.key('transforms')} must be 'none', 'standard', 'robust', null (what "
+                              f"{self.key('parametrization')} implies) or a list of steps such as "
                               f"[{{pad: 12}}, {{jitter: 8}}, {{scale: [0.95, 1.05]}}, {{rotate: [-5, 5]}}], got {spec!r}")
         return build_transforms(list(spec), key=self.key("transforms"))
 
@@ -305,6 +372,34 @@ class OptimizationMethod(Method):
         """The image after a step's regularisation (before the clamp); ``grad`` is that step's
         gradient of the loss."""
         return img
+
+    def regularizes(self) -> bool:
+        """Whether ``regularize`` changes anything with these hyperparameters."""
+        return type(self).regularize is not OptimizationMethod.regularize
+
+    def loss(self, model: nn.Module, img: torch.Tensor, ctx: dict[str, Any],
+             generator: Optional[torch.Generator]) -> Losses:
+        """``losses``, or minus ``objective`` when one is set, minus ``diversity`` times the batch's
+        Gram diversity when that is on."""
+        if "objective" not in ctx:
+            if "captured" not in ctx:
+                return self.losses(model, img, ctx, generator)
+            ctx["captured"].clear()
+            loss, terms = self.losses(model, img, ctx, generator)
+            return self.diverse(loss, terms, ctx)
+        objective = ctx["objective"]
+        found = ctx["probe"](img, to_pixels(img, self.input_mean, self.input_std))
+        value = objective(found)
+        terms = objective.parts(found) if isinstance(objective, Sum) else {repr(objective): value}
+        return -value, terms
+
+    def diverse(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], ctx: dict[str, Any]) -> Losses:
+        layer = ctx["diversity_layer"]
+        if layer not in ctx["captured"]:
+            raise ConfigError(f"{self.key('diversity_layer')}='{layer}' did not run before the forward pass stopped "
+                              f"at the technique's layer; choose a layer at or before it")
+        value = Diversity(layer)(Probe(pixels=None, acts=ctx["captured"], logits=None))
+        return loss - self.diversity * value, {**terms, "diversity": value}
 
     def metrics(self, model: nn.Module, x: torch.Tensor, start: torch.Tensor, final: torch.Tensor,
                 ctx: dict[str, Any]) -> dict[str, float]:
@@ -342,10 +437,11 @@ class OptimizationMethod(Method):
             for group in opt.param_groups:
                 group["lr"] = self.lr_at(i)
             with torch.enable_grad():
-                loss, terms = self.losses(model, img, ctx, generator)
+                loss, terms = self.loss(model, img, ctx, generator)
                 (grad,) = torch.autograd.grad(loss.sum(), img)
             trace.record(trace.step, loss.detach(), {k: v.detach() for k, v in terms.items()})
             if trace.step == 0 and not bool(grad[:1].any()):
+                trace.stuck = True
                 trace.notes.append(
                     f"{self.name}: the gradient is zero at the start image, so nothing moves (e.g. a randomly "
                     "initialised network with zero biases sees only zeros in a constant image); "
@@ -375,7 +471,7 @@ class OptimizationMethod(Method):
         compared = None
         if type(self).reference is not OptimizationMethod.reference:
             compared = to_pixels(ctx["input"], mean, std).expand(params.shape[0], -1, -1, -1)
-        if type(self).regularize is not OptimizationMethod.regularize and trace.step == 0:
+        if self.regularizes() and trace.step == 0:
             trace.notes.append(f"{self.name}: its pixel-space regularisation (blur, decay, clipping) applies to "
                                f"parametrization=pixel with squash=clamp and no transforms only; here the "
                                f"{self.parametrization} parametrization and the transforms take its place")
@@ -391,10 +487,11 @@ class OptimizationMethod(Method):
                         step_ctx = {**ctx, **self.reference(normalise(both[len(compared):], mean, std), ctx)}
                 elif len(stack):
                     seen = stack(seen, generator)
-                loss, terms = self.losses(model, normalise(seen, mean, std), step_ctx, generator)
+                loss, terms = self.loss(model, normalise(seen, mean, std), step_ctx, generator)
                 (grad,) = torch.autograd.grad(loss.sum(), params)
             trace.record(trace.step, loss.detach(), {k: v.detach() for k, v in terms.items()})
             if trace.step == 0 and not bool(grad[:1].any()):
+                trace.stuck = True
                 trace.notes.append(f"{self.name}: the gradient is zero at the start image, so nothing moves")
             params.grad = grad
             opt.step()
@@ -417,42 +514,88 @@ class OptimizationMethod(Method):
         self.check_params()
         x = x.detach()
         generator = torch.Generator().manual_seed(int(self.seed))
+        objective = self.parsed_objective()
         with model_state_kept(model):
             with torch.no_grad():
                 logits = model(x)  # the full network, before the layer reader cuts it short
-            with layer_reader(model, layer) if layer else _no_reader() as read:
+            diverse = self.batch > 1 and self.diversity > 0 and objective is None
+            watched = [self.diversity_layer or layer or last_spatial_layer(model, x)] if diverse else []
+            # the capture hook goes on first, so it sees the layer before the reader stops the pass there
+            with capturing(model, watched) as captured, \
+                    (layer_reader(model, layer) if layer else _no_reader()) as read, \
+                    (probing(model, objective) if objective is not None else _no_reader()) as probe:
                 with torch.no_grad():
                     ctx = {"read": read, "input": x, **self.prepare(model, x, target, layer, logits, read)}
-                start = self.start(x, generator)
+                if objective is not None:
+                    ctx.update(objective=objective.bind(ctx.get("target") or None), probe=probe)
+                elif diverse:
+                    ctx.update(captured=captured, diversity_layer=watched[0])
+                start = self.spread(self.start(x, generator), generator)
                 trace = Trace(size=tuple(x.shape[-2:]))
                 trace.frames.append(picture(start, self.input_mean, self.input_std, trace.size))
                 final = self.optimize(model, start, ctx, generator, trace)
                 with torch.no_grad():
-                    loss, terms = self.losses(model, final, ctx, None)
-                    start_loss, _ = self.losses(model, start, ctx, None)
-                    metrics = {"final_loss": float(loss[0]), **self.metrics(model, x, start, final, ctx)}
+                    loss, terms = self.loss(model, final, ctx, None)
+                    start_loss, _ = self.loss(model, start, ctx, None)
+                    metrics = {"final_loss": float(loss[0]), **self.metrics(model, x, start[:1], final[:1], ctx)}
         trace.record(trace.step, loss, terms)
         if trace.step % self.snapshot_every:  # the last step was not a snapshot already
             trace.frames.append(picture(final, self.input_mean, self.input_std, trace.size))
         warnings = tuple(trace.notes)
-        if not warnings and float(loss[0]) >= float(start_loss[0]):
-            warnings = (f"{self.name}: the loss did not decrease ({float(start_loss[0]):.4g} -> {float(loss[0]):.4g}); "
-                        f"try another {self.key('lr')} or more {self.key('steps')}",)
+        if not trace.stuck and float(loss[0]) >= float(start_loss[0]):
+            warnings += (f"{self.name}: the loss did not decrease ({float(start_loss[0]):.4g} -> {float(loss[0]):.4g}); "
+                         f"try another {self.key('lr')} or more {self.key('steps')}",)
+        extras = {
+            "final": picture(final, self.input_mean, self.input_std),
+            "snapshots": np.stack(trace.frames),
+            "loss": trace.table(),
+        }
+        if self.batch > 1:  # the row's map is image 0; every image of the batch is kept beside it
+            extras["batch"] = np.stack([picture(final[i:i + 1], self.input_mean, self.input_std)
+                                        for i in range(final.shape[0])])
+            extras["batch_values"] = to_numpy(final)
         return Attribution(
             method=self.name,
-            values=to_numpy(final),
+            values=to_numpy(final[:1]),
             logits=to_numpy(logits),
             target=ctx.get("target", ()),
             layer=layer,
             params=self.params(),
             warnings=warnings,
             metrics=metrics,
-            extras={
-                "final": picture(final, self.input_mean, self.input_std),
-                "snapshots": np.stack(trace.frames),
-                "loss": trace.table(),
-            },
+            extras=extras,
         )
+
+    def parsed_objective(self):
+        """The ``objective`` expression as an Objective, or None for the technique's own loss."""
+        if self.objective is None or str(self.objective).strip() in ("", "none", "null"):
+            return None
+        return parse_objective(str(self.objective), key=self.key("objective"))
+
+    def spread(self, start: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``batch`` copies of the start image; with more than one, each gets its own seeded noise
+        (N(0, 0.02²) per pixel value, drawn on the CPU) so the images can move apart."""
+        if self.batch <= 1:
+            return start
+        m, s = stats(start, self.input_mean, self.input_std)
+        pixels = (start * s + m).expand(self.batch, -1, -1, -1)
+        noise = torch.randn(pixels.shape, generator=generator, dtype=start.dtype).to(start.device)
+        return ((pixels + 0.02 * noise).clamp(0, 1) - m) / s
+
+
+def last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """The last module (in call order) whose output is a 4-D map larger than 1 x 1: where a
+    technique without a layer reads the batch's diversity by default."""
+    seen: list[str] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: seen.append(name)
+                                     if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1
+                                     else None)
+             for name, m in model.named_modules() if name]
+    with removing(hooks), torch.no_grad():
+        model(x[:1])
+    if not seen:
+        raise ConfigError("the model has no layer with a spatial map for the batch's diversity; set diversity_layer")
+    return seen[-1]
 
 
 @contextmanager
