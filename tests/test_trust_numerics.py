@@ -128,6 +128,32 @@ def test_nan_logits_are_an_error_for_every_technique(name, which):
         run(name, NaNLogits(which), inputs(batch=1), target=[1])
 
 
+class CliffNet(nn.Module):
+    """Logits ``10·mean(x) + k`` for classes k = 0..2, NaN once mean(x) > 0.03: finite at the mean-colour
+    start (mean 0), NaN after the first step up the logit (each pixel moves by about lr = 0.05)."""
+
+    def forward(self, x):
+        m = x.mean((1, 2, 3))
+        cliff = torch.where(m > 0.03, torch.full_like(m, float("nan")), torch.zeros_like(m))
+        return (10 * m + cliff)[:, None] + torch.arange(3.0)
+
+
+OPTIMISING = [n for n in list_methods() if n.startswith("class_model")]
+
+
+@pytest.mark.parametrize("kind", ["pixel", "fft"])
+@pytest.mark.parametrize("name", OPTIMISING)
+def test_an_optimisation_stops_at_the_first_non_finite_loss_naming_the_step(name, kind):
+    """Not 512 steps of NaN and a blank picture: the step where the loss left the finite numbers, the
+    technique, and what to try."""
+    x = torch.zeros(1, 3, 8, 8)
+    step = "1" if kind == "pixel" else r"\d+"  # the Fourier image's mean climbs more slowly
+    with pytest.raises(NonFiniteError, match=rf"{name}: the loss is not finite at step {step} \(1 NaN; in score\).*"
+                                             rf"method\.{name}\.lr"):
+        get_method(name)(steps=20, lr=0.05, parametrization=kind, transforms="none", input_mean=[0.5] * 3,
+                         input_std=[0.5] * 3)(CliffNet(), x, 0)
+
+
 def test_attribution_refuses_non_finite_maps_naming_the_technique_and_layer():
     ok = dict(method="gradcam", logits=np.zeros((1, 3), np.float32), target=(0,), layer="blocks.4")
     Attribution(values=np.ones((1, 2, 2), np.float32), upsampled=np.ones((1, 4, 4), np.float32), **ok)

@@ -47,7 +47,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm import tqdm
 
-from ..core.attribution import Attribution
+from ..core.attribution import Attribution, NonFiniteError, check_logits, non_finite_counts
 from ..core.constraints import param
 from ..core.errors import ConfigError, unknown
 from ..core.hooks import model_state_kept, removing
@@ -411,6 +411,18 @@ class OptimizationMethod(Method):
 
     # -- the shared machinery
 
+    def check_loss(self, loss: torch.Tensor, terms: dict[str, torch.Tensor], step: int) -> None:
+        """Stop at the first non-finite loss: every later step would optimise NaN into the image and
+        the run would end in a blank picture with no hint of where it went wrong."""
+        if bool(torch.isfinite(loss).all()):
+            return
+        bad = non_finite_counts(loss.detach().cpu().double().numpy())
+        what = ", ".join(k for k, v in terms.items() if not bool(torch.isfinite(v).all()))
+        raise NonFiniteError(
+            f"{self.name}: the loss is not finite at step {step} ({bad.split(' of ')[0]}"
+            + (f"; in {what}" if what else "") + f"); the image left the range where the model is finite: "
+            f"lower {self.key('lr')} (now {self.lr:g}) or check the model for overflow")
+
     def bounds(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         m, s = stats(img, self.input_mean, self.input_std)
         return (0 - m) / s, (1 - m) / s
@@ -438,6 +450,7 @@ class OptimizationMethod(Method):
                 group["lr"] = self.lr_at(i)
             with torch.enable_grad():
                 loss, terms = self.loss(model, img, ctx, generator)
+                self.check_loss(loss, terms, trace.step)
                 (grad,) = torch.autograd.grad(loss.sum(), img)
             trace.record(trace.step, loss.detach(), {k: v.detach() for k, v in terms.items()})
             if trace.step == 0 and not bool(grad[:1].any()):
@@ -488,6 +501,7 @@ class OptimizationMethod(Method):
                 elif len(stack):
                     seen = stack(seen, generator)
                 loss, terms = self.loss(model, normalise(seen, mean, std), step_ctx, generator)
+                self.check_loss(loss, terms, trace.step)
                 (grad,) = torch.autograd.grad(loss.sum(), params)
             trace.record(trace.step, loss.detach(), {k: v.detach() for k, v in terms.items()})
             if trace.step == 0 and not bool(grad[:1].any()):
@@ -518,6 +532,7 @@ class OptimizationMethod(Method):
         with model_state_kept(model):
             with torch.no_grad():
                 logits = model(x)  # the full network, before the layer reader cuts it short
+            check_logits(logits, self.name, layer)
             diverse = self.batch > 1 and self.diversity > 0 and objective is None
             watched = [self.diversity_layer or layer or last_spatial_layer(model, x)] if diverse else []
             # the capture hook goes on first, so it sees the layer before the reader stops the pass there
