@@ -222,6 +222,26 @@ def test_inverted_representation_reaches_the_features_of_the_image(lite0, chelse
     assert attr.target == () and attr.layer == "blocks.2"
     assert attr.metrics["relative_feature_distance_start"] > 1.0
     assert attr.metrics["relative_feature_distance"] < 0.15
+    assert not any("feature distance" in w for w in attr.warnings)
+
+
+def test_an_inversion_that_does_not_reach_the_features_says_so_in_its_row():
+    """One Fourier step barely moves a conv layer's features: the row warns, naming the layer, both
+    distances and what to try; two hundred steps (either parametrization) reach them, and no warning.
+    The input lies in the valid pixel range, so its features can be reproduced exactly."""
+    from conftest import TinyCNN
+
+    model = TinyCNN()
+    x = torch.rand(1, 3, 10, 12, generator=torch.Generator().manual_seed(3)) * 2 - 1  # pixels in [0, 1]
+    short = get_method("inverted_representation")(**HALF, steps=1)(model, x, None, layer="features.0")
+    [warning] = [w for w in short.warnings if "feature distance" in w]
+    start, end = short.metrics["relative_feature_distance_start"], short.metrics["relative_feature_distance"]
+    assert end > 0.75 * start and f"from {start:.3g} to {end:.3g}" in warning
+    assert "'features.0'" in warning and "method.inverted_representation.steps" in warning
+    for kind in ("fft", "pixel"):
+        long = get_method("inverted_representation")(**HALF, steps=200, parametrization=kind)(model, x, None, layer="features.0")
+        assert long.metrics["relative_feature_distance"] < 0.5 * long.metrics["relative_feature_distance_start"]
+        assert not any("feature distance" in w for w in long.warnings)
 
 
 @pytest.mark.slow  # 200 Fourier steps at a late layer of the embedded model

@@ -110,3 +110,16 @@ class InvertedRepresentation(OptimizationMethod):
     def metrics(self, model, x, start, final, ctx):
         return {"relative_feature_distance": float(self.feature_distance(final, ctx)[0].sqrt()),
                 "relative_feature_distance_start": float(self.feature_distance(start, ctx)[0].sqrt())}
+
+    #: a final distance above this share of the start's: the image does not reproduce the features
+    POOR = 0.75
+
+    def advice(self, metrics, layer):
+        # a lower loss under the transforms alone can hide an image whose own features are as far from
+        # the input's as the start's were; the manifest row should say so, not only the picture
+        start, end = metrics["relative_feature_distance_start"], metrics["relative_feature_distance"]
+        if end <= self.POOR * start:
+            return ()
+        return (f"{self.name}: the relative feature distance at '{layer}' fell only from {start:.3g} to {end:.3g}, "
+                f"so the image does not reproduce the input's features there; try an earlier layer, more "
+                f"{self.key('steps')}, or {self.key('parametrization')}=pixel",)

@@ -405,6 +405,10 @@ class OptimizationMethod(Method):
                 ctx: dict[str, Any]) -> dict[str, float]:
         return {}
 
+    def advice(self, metrics: dict[str, float], layer: Optional[str]) -> tuple[str, ...]:
+        """Warnings a technique reads off its own ``metrics`` (e.g. a result that is no result)."""
+        return ()
+
     def optimize(self, model: nn.Module, start: torch.Tensor, ctx: dict[str, Any], generator: torch.Generator,
                  trace: Trace) -> torch.Tensor:
         return self.descend(model, start, ctx, generator, trace, self.steps)
@@ -560,6 +564,7 @@ class OptimizationMethod(Method):
         if not trace.stuck and float(loss[0]) >= float(start_loss[0]):
             warnings += (f"{self.name}: the loss did not decrease ({float(start_loss[0]):.4g} -> {float(loss[0]):.4g}); "
                          f"try another {self.key('lr')} or more {self.key('steps')}",)
+        warnings += self.advice(metrics, layer)
         extras = {
             "final": picture(final, self.input_mean, self.input_std),
             "snapshots": np.stack(trace.frames),
