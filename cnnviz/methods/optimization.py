@@ -597,10 +597,9 @@ class OptimizationMethod(Method):
         (N(0, 0.02²) per pixel value, drawn on the CPU) so the images can move apart."""
         if self.batch <= 1:
             return start
-        m, s = stats(start, self.input_mean, self.input_std)
-        pixels = (start * s + m).expand(self.batch, -1, -1, -1)
+        pixels = to_pixels(start, self.input_mean, self.input_std).expand(self.batch, -1, -1, -1)
         noise = torch.randn(pixels.shape, generator=generator, dtype=start.dtype).to(start.device)
-        return ((pixels + 0.02 * noise).clamp(0, 1) - m) / s
+        return normalise((pixels + 0.02 * noise).clamp(0, 1), self.input_mean, self.input_std)
 
 
 def last_spatial_layer(model: nn.Module, x: torch.Tensor) -> str:
